@@ -37,6 +37,10 @@ def torch_load(path: str | os.PathLike, *, map_location: str | torch.device = "c
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # garbage bytes read as an unknown pickle opcode
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint (corrupt or truncated?): {_short_reason(err)}"
+            ) from None
         raise CheckpointError(
             f"{path} contains a pickled object that is not plain tensors/containers and was refused "
             f"(weights_only loading): {_short_reason(err)}"
@@ -51,7 +55,7 @@ def _short_reason(err: Exception) -> str:
     """One line out of torch's multi-line load errors (the 'Unsupported global' line when present)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for line in lines:
-        if "unsupported global" in line.lower() or "unsupported operand" in line.lower():
+        if "unsupported global" in line.lower():
             return line[:200]
     reason = lines[0].split(". ")[0] if lines else ""
     return f"{type(err).__name__}: {reason[:200]}" if reason else type(err).__name__

@@ -1,0 +1,157 @@
+"""DDPM schedules, loss, reverse steps and checkpoints against the original's fixture."""
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from diffusion.samplers import DDPMSampler
+from diffusion.schedules import SCHEDULE_BUFFERS
+from utils.checkpoint import CheckpointError, save_atomic
+from utils.config import compose
+
+FIXTURE = "ddpm_idiff_face.pt"
+
+
+class StandIn(nn.Module):
+    """The fixture's parameter-free eps model: eps = sqrt(1 - alpha_bar_t) * x_t."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: torch.Tensor | None = None
+
+    def forward(self, x_t, t, context=None, dropout_mask=None):
+        return self.table[t].view(-1, 1, 1, 1) * x_t
+
+
+def make_ddpm(**kwargs) -> DenoisingDiffusionProbabilisticModel:
+    stand_in = StandIn()
+    ddpm = DenoisingDiffusionProbabilisticModel(stand_in, **kwargs)
+    stand_in.table = ddpm.sqrt_one_minus_alpha_bars
+    return ddpm
+
+
+@pytest.fixture(scope="module")
+def fixture(reference_dir):
+    return torch.load(reference_dir / "fixtures" / FIXTURE, map_location="cpu", weights_only=True)
+
+
+def test_schedules_bitwise(fixture):
+    for name, cfg in fixture["config"]["other_configs"].items():
+        ddpm = make_ddpm(**cfg)
+        for key in SCHEDULE_BUFFERS:
+            assert torch.equal(getattr(ddpm, key), fixture["outputs"]["schedules"][name][key]), (name, key)
+
+
+def test_state_dict_layout_and_strict_load(fixture):
+    ddpm = make_ddpm(**fixture["config"]["constructor_args"])
+    assert list(ddpm.state_dict()) == list(SCHEDULE_BUFFERS)
+    ddpm.load_state_dict(fixture["state_dict"], strict=True)
+
+
+def test_q_sample_and_loss_bitwise(fixture):
+    ddpm = make_ddpm(**fixture["config"]["constructor_args"])
+    inp, out = fixture["inputs"]["q_sample"], fixture["outputs"]["q_sample"]
+    x_t = ddpm.q_sample(inp["x0"], inp["t"], inp["noise"])
+    assert torch.equal(x_t, out["x_t"])
+    loss = ddpm(inp["x0"], t=inp["t"], eps=inp["noise"])
+    assert torch.equal(loss, out["loss_mse_vs_stand_in"])
+
+
+@pytest.mark.parametrize("i", [999, 500, 2, 1, 0])
+def test_single_reverse_steps_bitwise(fixture, i):
+    """Steps at i = 999, 500, 2 add sigma_i z; at i <= 1 the original adds no noise, and so do we."""
+    ddpm = make_ddpm(**fixture["config"]["constructor_args"])
+    step = fixture["outputs"]["single_steps"][f"i={i}"]
+    sampler = DDPMSampler.from_model(ddpm)
+    assert sampler.needs_noise(i) == (i > 1)
+    x_prev = sampler.step(step["eps_pred"], i, step["x_t"], step["z"] if i > 1 else None)
+    assert torch.equal(x_prev, step["x_prev"])
+    if i <= 1:
+        assert torch.count_nonzero(step["z"]) == 0
+
+
+def test_full_chain_matches_original(fixture):
+    ddpm = make_ddpm(**fixture["config"]["constructor_args"])
+    chain_in, chain_out = fixture["inputs"]["chain"], fixture["outputs"]["chain"]
+    sampler = DDPMSampler.from_model(ddpm)
+    assert sampler.timesteps == chain_in["timesteps"].tolist()
+    x = chain_in["x_T"]
+    for k, t in enumerate(sampler.timesteps):
+        eps = ddpm.eps_model(x, torch.full((2,), t))
+        assert torch.equal(eps, chain_in["eps_pred"][k])
+        x = sampler.step(eps, t, x, chain_in["z"][k] if sampler.needs_noise(t) else None)
+        assert torch.equal(x, chain_out["xs"][k + 1]), f"step {k} (t={t})"
+    assert torch.equal(x, chain_out["x_0"])
+
+
+def test_sample_uses_given_generators_and_restores_mode():
+    ddpm = make_ddpm(T=50)
+    ddpm.train()
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]  # noqa: E731
+    a = ddpm.sample(3, (3, 4, 4), generators=gens())
+    b = torch.cat([ddpm.sample(1, (3, 4, 4), generators=[g]) for g in gens()])
+    assert torch.equal(a, b) and ddpm.training
+
+
+def test_checkpoint_round_trip_is_original_format(tmp_path):
+    ddpm = make_ddpm(T=1000)
+    path = save_atomic(ddpm.state_dict(), tmp_path / "checkpoints" / "ema_averaged_model.ckpt")
+    raw = torch.load(path, weights_only=True)
+    assert list(raw) == list(SCHEDULE_BUFFERS)  # a plain state dict, as the original saves
+    fresh = make_ddpm(T=1000)
+    load_diffusion_checkpoint(fresh, path)
+    for key, value in ddpm.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key])
+
+
+def test_bad_checkpoints_fail_with_one_line_naming_the_file(tmp_path):
+    ddpm = make_ddpm(T=1000)
+    good = save_atomic(ddpm.state_dict(), tmp_path / "good.ckpt")
+    data = good.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "corrupt.ckpt").write_bytes(b"\x00garbage" * 100)
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "PWNED"), "w"))
+
+    torch.save({"betas": Payload()}, tmp_path / "pickled.ckpt")
+    torch.save({"betas": torch.zeros(10)}, tmp_path / "wrong.ckpt")
+    cases = {
+        "truncated.ckpt": "corrupt or truncated",
+        "corrupt.ckpt": "corrupt or truncated",
+        "pickled.ckpt": "pickled object",
+        "missing.ckpt": "does not exist",
+        "wrong.ckpt": "missing keys",
+    }
+    for name, expected in cases.items():
+        with pytest.raises(CheckpointError) as err:
+            load_diffusion_checkpoint(ddpm, tmp_path / name)
+        message = str(err.value)
+        assert str(tmp_path / name) in message and expected in message and "\n" not in message, message
+    assert not (tmp_path / "PWNED").exists(), "the pickled payload ran"
+
+
+def test_wrong_shape_is_listed(tmp_path):
+    ddpm = make_ddpm(T=1000)
+    torch.save(make_ddpm(T=2000).state_dict(), tmp_path / "t2000.ckpt")
+    with pytest.raises(CheckpointError, match=r"shape mismatches \[betas: file \(2000,\) vs model \(1000,\)"):
+        load_diffusion_checkpoint(ddpm, tmp_path / "t2000.ckpt")
+
+
+def test_unknown_schedule_rejected():
+    with pytest.raises(ValueError, match="unknown schedule_type 'quadratic'"):
+        make_ddpm(schedule_type="quadratic")
+
+
+def test_full_size_checkpoint_manifest(reference_dir):
+    """The DDPM wrapping the paper UNet, built from our configs on `meta`, has the published checkpoint's layout."""
+    cfg = compose("train_config", ["model=unet_cond_ca_cpd25", "diffusion=ddpm"])
+    with torch.device("meta"):
+        ddpm = instantiate(cfg.diffusion)
+    manifest = json.loads((reference_dir / "manifests" / "idiff_face_checkpoint_ema_averaged_model_cpd25.json").read_text())
+    ours = [[k, list(v.shape)] for k, v in ddpm.state_dict().items()]
+    assert ours == [[k, shape] for k, shape, _ in manifest]
