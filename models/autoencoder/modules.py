@@ -240,7 +240,8 @@ class VectorQuantizer(nn.Module):
     """Nearest-codebook-entry quantisation (taming ``VectorQuantizer2`` with ``legacy=True``, ``beta=0.25``).
 
     The distance matrix is built ``chunk_rows`` latent vectors at a time, so memory stays at
-    ``chunk_rows x n_embed`` floats whatever the batch size.
+    ``chunk_rows x n_embed`` floats whatever the batch size (128 MiB for 4096 x 8192 in float32; one
+    unchunked 50-image batch of 32x32 latents would need 1.6 GiB).
     """
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25, chunk_rows: int = 4096) -> None:
@@ -254,14 +255,16 @@ class VectorQuantizer(nn.Module):
         """z_flat: (N, embed_dim) -> (N,) int64 index of the closest codebook vector (squared L2).
 
         argmin_n ||z||^2 + ||e_n||^2 - 2 z.e_n; the ||z||^2 term is constant per row and left out.
+        Distances are computed in float32 with autocast off, so mixed precision cannot flip an index.
         """
-        codebook = self.embedding.weight  # (n_embed, embed_dim)
-        e_sq = codebook.pow(2).sum(dim=1)  # (n_embed,)
+        codebook = self.embedding.weight.float()  # (n_embed, embed_dim)
         out = torch.empty(z_flat.shape[0], dtype=torch.long, device=z_flat.device)
-        for start in range(0, z_flat.shape[0], self.chunk_rows):
-            chunk = z_flat[start:start + self.chunk_rows]
-            d = torch.addmm(e_sq, chunk, codebook.t(), alpha=-2.0)  # (chunk, n_embed)
-            out[start:start + chunk.shape[0]] = d.argmin(dim=1)
+        with torch.autocast(device_type=z_flat.device.type, enabled=False):
+            e_sq = codebook.pow(2).sum(dim=1)  # (n_embed,)
+            for start in range(0, z_flat.shape[0], self.chunk_rows):
+                chunk = z_flat[start:start + self.chunk_rows].float()
+                d = torch.addmm(e_sq, chunk, codebook.t(), alpha=-2.0)  # (chunk, n_embed)
+                out[start:start + chunk.shape[0]] = d.argmin(dim=1)
         return out
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

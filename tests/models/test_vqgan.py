@@ -44,9 +44,12 @@ def test_encoder_matches_fixture(reference_dir: Path, name: str) -> None:
     fx = _load(reference_dir, name)
     model = VQEncoderInterface(fx["config"]["ddconfig"], embed_dim=fx["config"]["embed_dim"]).eval()
     model.load_state_dict(fx["state_dict"], strict=True)
+    image = fx["inputs"]["image"]
     with torch.inference_mode():
-        h = model(fx["inputs"]["image"])
+        h = model(image)
+        h_cl = model.to(memory_format=torch.channels_last)(image.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(h, fx["outputs"]["h"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(h_cl, fx["outputs"]["h"], atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("name", _fixture_names("vq_decoder_*.pt"))
@@ -63,11 +66,13 @@ def test_decoder_matches_fixture(reference_dir: Path, name: str, chunk_rows: int
         quant, emb_loss, indices = model.quantize(latent)
         image = model(latent)
         image_raw = model(latent, force_not_quantize=True)
+        image_cl = model.to(memory_format=torch.channels_last)(latent.contiguous(memory_format=torch.channels_last))
     assert torch.equal(indices, out["indices"])
     torch.testing.assert_close(quant, out["quant"], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(emb_loss, out["emb_loss"], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(image, out["image"], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(image_raw, out["image_force_not_quantize"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(image_cl, out["image"], atol=ATOL, rtol=RTOL)
 
 
 def test_quantizer_straight_through_gradient() -> None:
@@ -147,3 +152,13 @@ def test_split_rejects_unknown_first_stage_keys() -> None:
                                       "first_stage_model.loss.w": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="no key starts with"):
         split_first_stage_state_dict({"model.x": torch.zeros(1)})
+
+
+def test_quantizer_indices_stay_float32_under_autocast() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_embed=512, embed_dim=3, chunk_rows=100)
+    z = torch.randn(4, 3, 8, 8)
+    _, _, expected = vq(z)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        _, _, indices = vq(z)
+    assert torch.equal(indices, expected)
