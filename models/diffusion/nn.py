@@ -25,15 +25,19 @@ def zero_init_(module: nn.Module) -> nn.Module:
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W) -> (B, H*W, C)``; a view when ``x`` is channels-last."""
+    """``(B, C, H, W) -> (B, H*W, C)`` (one copy for a contiguous ``x``)."""
     b, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
 def from_tokens(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``(B, H*W, C) -> (B, C, H, W)`` in channels-last memory format (a view, no copy)."""
+    """``(B, H*W, C) -> (B, C, H, W)`` as a view with channels-last strides.
+
+    Add it to a contiguous tensor as the *second* operand, so that the sum is contiguous: a
+    channels-last input would make every following convolution copy its weights.
+    """
     b, _, c = x.shape
-    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return x.transpose(1, 2).reshape(b, c, h, w)
 
 
 def conv1d_linear(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -75,7 +79,10 @@ class AdaptiveGroupNormalization(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """``x: (B, C, H, W)`` -> same shape."""
-        return torch.addcmul(shift, self.norm(x), 1 + scale)
+        # The activation goes first so that the result keeps its (contiguous) memory format: a
+        # (B, C, 1, 1) first operand looks channels-last and would make the next conv copy its weights.
+        h = self.norm(x)
+        return torch.addcmul(h, h, scale).add_(shift)
 
 
 class ResidualBlock(nn.Module):
@@ -201,10 +208,10 @@ class SpatialEmbeddingCrossAttentionBlock(nn.Module):
         x = self.x_proj_in(x)
         c = self.c_proj_in(c).view(-1, self.context_dim, self.n_context_tokens)  # (B, D, d)
         c = self.c_norm(c).transpose(1, 2)  # (B, d, D)
-        x = from_tokens(self.self_attention(to_tokens(self.x_norm(x))), h, w) + x
-        x = from_tokens(self.cross_attention(to_tokens(self.x_norm(x)), c), h, w) + x
-        x = from_tokens(self.ff(to_tokens(self.x_norm(x))), h, w) + x
-        return self.x_proj_out(x) + x_in
+        x = x + from_tokens(self.self_attention(to_tokens(self.x_norm(x))), h, w)
+        x = x + from_tokens(self.cross_attention(to_tokens(self.x_norm(x)), c), h, w)
+        x = x + from_tokens(self.ff(to_tokens(self.x_norm(x))), h, w)
+        return x_in + self.x_proj_out(x)
 
 
 class SpatialSelfAttentionBlock(nn.Module):
@@ -219,7 +226,7 @@ class SpatialSelfAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``x: (B, C, H, W)`` -> same shape; ``c`` is ignored."""
         _, _, h, w = x.shape
-        return from_tokens(self.attention(to_tokens(self.norm(x))), h, w) + x
+        return x + from_tokens(self.attention(to_tokens(self.norm(x))), h, w)
 
 
 class ResAttentionBlock(nn.Module):

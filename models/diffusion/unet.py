@@ -202,7 +202,7 @@ class ConditionalUNet(nn.Module):
         """
         batch_size = x.shape[0]
         t_emb = self.time_emb(t)
-        x = self.image_proj(x.contiguous(memory_format=torch.channels_last))
+        x = self.image_proj(x)
         c = self.embed_context(batch_size, context, dropout_mask, x) if self.is_context_conditional else None
 
         skips = [x]
@@ -215,5 +215,4 @@ class ConditionalUNet(nn.Module):
                 x = module(x)
             else:
                 x = self._run(module, torch.cat((x, skips.pop()), dim=1), t_emb, c)
-        eps = self.final(F.silu(self.norm(x)))
-        return eps.contiguous()
+        return self.final(F.silu(self.norm(x)))
