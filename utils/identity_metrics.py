@@ -18,7 +18,9 @@ for each synthetic identity centre the highest similarity to any real embedding.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,3 +290,52 @@ def plot_det(curves: ErrorCurves, path: str | os.PathLike, title: str = "", max_
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
+
+
+def score_summary(genuine: np.ndarray, impostor: np.ndarray, out_dir: str | os.PathLike, prefix: str = "", title: str = "") -> dict:
+    """Verification metrics of a genuine (G,) / impostor (I,) score set plus its histogram and DET PNGs in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = error_curves(genuine, impostor)
+    metrics = verification_metrics(genuine, impostor, curves)
+    hist = plot_score_histograms(genuine, impostor, metrics["eer_threshold"], out_dir / f"{prefix}score_histograms.png", title)
+    det = plot_det(curves, out_dir / f"{prefix}det_curve.png", title)
+    return {**metrics, "plots": [hist.name, det.name]}
+
+
+_PERCENT = {"eer", "fmr100", "fmr1000", "uniqueness", "consistency", "leaked_share"}
+
+
+def markdown_table(report: dict, title: str) -> str:
+    """Markdown: one ``| metric | value |`` table per section of ``report`` (rates in percent)."""
+    lines = [f"# {title}", ""]
+    for section, values in report.items():
+        if not isinstance(values, dict):
+            lines += [f"- {section}: {values}", ""]
+            continue
+        lines += [f"## {section}", "", "| metric | value |", "|---|---|"]
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            elif isinstance(value, int):
+                text = f"{value:,}"
+            elif key in _PERCENT:
+                text = f"{100 * value:.3f} %"
+            else:
+                text = f"{value:.4f}"
+            lines.append(f"| {key} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, title: str) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` (each via a temporary file + rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / "report.json", out_dir / "report.md")
+    for path, text in zip(paths, (json.dumps(report, indent=2), markdown_table(report, title))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    return paths
