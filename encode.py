@@ -15,6 +15,7 @@ and settings and refuses to mix runs. It is removed after the merge unless ``kee
     python encode.py encode.input=outputs/datasets/<model>/<contexts> encode.output=outputs/embeddings/<name>.npz
     python encode.py fr_backend.name=dlib fr_backend.dlib.input=photo ...
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,9 @@ def list_identities(root: str | os.PathLike, tile_size: int | None = None) -> di
         return {root.stem: root}
     if not root.is_dir():
         raise FileNotFoundError(f"encode.input={root} does not exist")
-    empty = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and not folder_images(p)]
+    empty = [
+        p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and not folder_images(p)
+    ]
     if empty:
         raise ValueError(f"encode.input={root}: empty identity: class folder(s) {empty[:5]} hold no images")
     sources = discover_identities(root)
@@ -133,8 +136,13 @@ def encode_dataset(
     sources = list_identities(root, tile_size)
     identities = list(sources)
     shard_dir = output.with_name(output.name + ".shards")
-    settings = {"root": str(Path(root).resolve()), "tile_size": tile_size, "flip": flip,
-                "identities_per_shard": identities_per_shard, "backend": backend_id}
+    settings = {
+        "root": str(Path(root).resolve()),
+        "tile_size": tile_size,
+        "flip": flip,
+        "identities_per_shard": identities_per_shard,
+        "backend": backend_id,
+    }
     _prepare_shard_dir(shard_dir, _fingerprint(identities, settings))
     starts = range(0, len(identities), identities_per_shard)
     shard_paths = [shard_dir / f"shard_{k:06d}.npz" for k in range(len(starts))]
@@ -155,7 +163,9 @@ def encode_dataset(
     parts = [load_embeddings(p) for p in shard_paths]
     dims = sorted({part.dim for part in parts})
     if len(dims) > 1:
-        raise ValueError(f"{shard_dir}: shards have embeddings of different dimensions {dims}; delete the folder and re-encode")
+        raise ValueError(
+            f"{shard_dir}: shards have embeddings of different dimensions {dims}; delete the folder and re-encode"
+        )
     all_names = [n for part in parts for n in part.names]
     all_embeddings = np.concatenate([part.embeddings for part in parts])
     all_labels = np.concatenate([part.labels for part in parts]) if output.suffix == ".npz" else None
@@ -174,8 +184,13 @@ def encode(cfg: DictConfig) -> Path:
     backend_cfg = {"name": b.name, **OmegaConf.to_container(b[b.name], resolve=True), "batch_size": int(b.batch_size)}
     backend = build_backend(backend_cfg, device=cfg.device)
     return encode_dataset(
-        e.input, e.output, backend, tile_size=e.tile_size, flip=bool(e.flip),
-        identities_per_shard=int(e.identities_per_shard), keep_shards=bool(e.keep_shards),
+        e.input,
+        e.output,
+        backend,
+        tile_size=e.tile_size,
+        flip=bool(e.flip),
+        identities_per_shard=int(e.identities_per_shard),
+        keep_shards=bool(e.keep_shards),
         backend_id=json.dumps({k: v for k, v in backend_cfg.items() if k != "batch_size"}, sort_keys=True),
     )
 

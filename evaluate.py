@@ -5,6 +5,7 @@ impostor scores with the EER threshold) and ``det_curve.png`` (log axes) into ``
 
     python evaluate.py evaluate.synthetic=outputs/embeddings/<name>.npz evaluate.real=data/embeddings_elasticface_ffhq_128.npz
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,7 +72,9 @@ def evaluate_sets(
         the report dict (also in ``report.json``).
     """
     if synthetic.labels is None:
-        raise ValueError(f"{synthetic_name} has no identity labels; encode class folders or identity blocks with encode.py to .npz")
+        raise ValueError(
+            f"{synthetic_name} has no identity labels; encode class folders or identity blocks with encode.py to .npz"
+        )
     emb, labels = check_embeddings(synthetic.embeddings, synthetic.labels, synthetic_name)
     real_emb = None
     if real is not None:
@@ -108,8 +111,12 @@ def evaluate_sets(
         summary["most_similar"] = [f"{id_names[k]} ~ {real.names[index[k]]} ({best[k]:.3f})" for k in top]
         report["leakage"] = summary
     write_report(report, out_dir, title=f"Identity metrics of {synthetic_name}")
-    log.info("EER %.3f %%, FMR100 %.3f %%, report in %s", 100 * report["verification"]["eer"],
-             100 * report["verification"]["fmr100"], out_dir)
+    log.info(
+        "EER %.3f %%, FMR100 %.3f %%, report in %s",
+        100 * report["verification"]["eer"],
+        100 * report["verification"]["fmr100"],
+        out_dir,
+    )
     return report
 
 
@@ -119,11 +126,16 @@ def evaluate(cfg: DictConfig) -> dict:
     synthetic = load_embeddings(e.synthetic)
     real = load_embeddings(e.real) if e.real else None
     return evaluate_sets(
-        synthetic, e.output_dir, real,
+        synthetic,
+        e.output_dir,
+        real,
         impostor_pairs=None if e.impostor_pairs is None else int(e.impostor_pairs),
-        max_exhaustive=int(e.max_exhaustive), seed=int(e.seed),
-        uniqueness_threshold=float(e.thresholds.uniqueness), consistency_threshold=float(e.thresholds.consistency),
-        leakage_threshold=float(e.thresholds.leakage), synthetic_name=str(e.synthetic),
+        max_exhaustive=int(e.max_exhaustive),
+        seed=int(e.seed),
+        uniqueness_threshold=float(e.thresholds.uniqueness),
+        consistency_threshold=float(e.thresholds.consistency),
+        leakage_threshold=float(e.thresholds.leakage),
+        synthetic_name=str(e.synthetic),
         real_name=str(e.real) if e.real else "real",
     )
 

@@ -9,6 +9,7 @@ With ``reference`` set, the first image of each pair comes from the reference se
 and the second from ``embeddings`` (e.g. its synthetic variations): the original's real-vs-variation
 comparison. Reports the 10-fold accuracy, EER/FMR100/FMR1000/AUC/FDR and the plots of evaluate.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,9 @@ def read_lfw_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, str]], np.n
         raise FileNotFoundError(f"LFW pairs file {path} does not exist (evaluate_lfw.pairs)")
     lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
     if not lines or len(lines[0]) != 2 or not all(x.isdigit() for x in lines[0]):
-        raise ValueError(f"{path}: the first line must be '<folds> <pairs per class>', found {' '.join(lines[0]) if lines else 'an empty file'}")
+        raise ValueError(
+            f"{path}: the first line must be '<folds> <pairs per class>', found {' '.join(lines[0]) if lines else 'an empty file'}"
+        )
     n_folds, per_class = int(lines[0][0]), int(lines[0][1])
     pairs: list[tuple[str, str]] = []
     is_same: list[bool] = []
@@ -50,10 +53,14 @@ def read_lfw_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, str]], np.n
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'name i j' or 'name1 i name2 j', found {' '.join(fields)!r}") from None
+            raise ValueError(
+                f"{path}:{number}: expected 'name i j' or 'name1 i name2 j', found {' '.join(fields)!r}"
+            ) from None
         is_same.append(len(fields) == 3)
     if len(pairs) != 2 * n_folds * per_class:
-        raise ValueError(f"{path}: the header promises {n_folds} folds x 2 x {per_class} pairs, found {len(pairs)} pairs")
+        raise ValueError(
+            f"{path}: the header promises {n_folds} folds x 2 x {per_class} pairs, found {len(pairs)} pairs"
+        )
     return pairs, np.asarray(is_same), n_folds
 
 
@@ -63,7 +70,9 @@ def _lookup(embeddings: EmbeddingSet, what: str) -> tuple[dict[str, int], np.nda
     keys = [name.rsplit("/", 1)[-1] for name in embeddings.names]
     index = {key: i for i, key in enumerate(keys)}
     if len(index) != len(keys):
-        raise ValueError(f"{what}: {len(keys) - len(index)} embedding names share their last '/'-part; LFW keys must be unique")
+        raise ValueError(
+            f"{what}: {len(keys) - len(index)} embedding names share their last '/'-part; LFW keys must be unique"
+        )
     return index, emb
 
 
@@ -106,16 +115,28 @@ def evaluate_lfw_set(
     same = is_same[found]
     accuracy = kfold_accuracy(sims, same, n_folds=n_folds)
     report = {
-        "dataset": {"embeddings": name, "reference": reference_name if reference is not None else "none",
-                    "pairs": str(pairs_path), "n_pairs": int(found.sum()), "skipped_pairs": int((~found).sum())},
-        "lfw": {"accuracy_mean_percent": accuracy["accuracy_mean"], "accuracy_std_percent": accuracy["accuracy_std"],
-                "fold_accuracies_percent": [round(a, 3) for a in accuracy["fold_accuracies"]],
-                "fold_thresholds": [round(t, 4) for t in accuracy["thresholds"]]},
+        "dataset": {
+            "embeddings": name,
+            "reference": reference_name if reference is not None else "none",
+            "pairs": str(pairs_path),
+            "n_pairs": int(found.sum()),
+            "skipped_pairs": int((~found).sum()),
+        },
+        "lfw": {
+            "accuracy_mean_percent": accuracy["accuracy_mean"],
+            "accuracy_std_percent": accuracy["accuracy_std"],
+            "fold_accuracies_percent": [round(a, 3) for a in accuracy["fold_accuracies"]],
+            "fold_thresholds": [round(t, 4) for t in accuracy["thresholds"]],
+        },
         "verification": score_summary(sims[same], sims[~same], out_dir, title=f"LFW {Path(name).name}"),
     }
     write_report(report, out_dir, title=f"LFW verification of {name}")
-    log.info("LFW accuracy %.2f +- %.2f %%, EER %.3f %%", accuracy["accuracy_mean"], accuracy["accuracy_std"],
-             100 * report["verification"]["eer"])
+    log.info(
+        "LFW accuracy %.2f +- %.2f %%, EER %.3f %%",
+        accuracy["accuracy_mean"],
+        accuracy["accuracy_std"],
+        100 * report["verification"]["eer"],
+    )
     return report
 
 
@@ -123,8 +144,15 @@ def evaluate_lfw(cfg: DictConfig) -> dict:
     """``evaluate_lfw.py``: load the configured sets and run :func:`evaluate_lfw_set`."""
     e = cfg.evaluate_lfw
     reference = load_embeddings(e.reference) if e.reference else None
-    return evaluate_lfw_set(load_embeddings(e.embeddings), e.pairs, e.output_dir, reference, on_missing=str(e.on_missing),
-                            name=str(e.embeddings), reference_name=str(e.reference) if e.reference else "reference")
+    return evaluate_lfw_set(
+        load_embeddings(e.embeddings),
+        e.pairs,
+        e.output_dir,
+        reference,
+        on_missing=str(e.on_missing),
+        name=str(e.embeddings),
+        reference_name=str(e.reference) if e.reference else "reference",
+    )
 
 
 @hydra.main(config_path="configs", config_name="evaluate_lfw_config", version_base="1.3")

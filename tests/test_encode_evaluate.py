@@ -1,4 +1,5 @@
 """encode.py, evaluate.py and evaluate_lfw.py: layouts, resume, reports, bad input, LFW pairs."""
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,9 @@ def test_encode_class_folders_blocks_and_single_files(tmp_path: Path) -> None:
     original = tmp_path / "original"  # an original 2x2 block of 16 px tiles without a grid tag
     original.mkdir()
     Image.fromarray(rng.integers(1, 256, (32, 32, 3), dtype=np.uint8)).save(original / "7.png")
-    assert load_embeddings(encode_dataset(original, tmp_path / "o.npz", MeanColour(), tile_size=16)).names == [f"7/{k}" for k in range(4)]
+    assert load_embeddings(encode_dataset(original, tmp_path / "o.npz", MeanColour(), tile_size=16)).names == [
+        f"7/{k}" for k in range(4)
+    ]
 
     singles = tmp_path / "singles"
     singles.mkdir()
@@ -104,14 +107,19 @@ def test_encode_resumes_after_a_kill_and_refuses_a_changed_input(tmp_path: Path)
     with pytest.raises(KeyboardInterrupt):
         encode_dataset(folders, tmp_path / "again.npz", MeanColour(fail_after=7), identities_per_shard=2)
     shutil.copytree(folders / "id0", folders / "id9")
-    with pytest.raises(ValueError, match=r"again.npz.shards holds shards of a different run \(differs in \['identities_sha256', 'n_identities'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"again.npz.shards holds shards of a different run \(differs in \['identities_sha256', 'n_identities'\]\)",
+    ):
         encode_dataset(folders, tmp_path / "again.npz", MeanColour(), identities_per_shard=2)
 
 
 def test_encode_bad_input_one_line(tmp_path: Path) -> None:
     folders = _class_folders(tmp_path / "folders", n_ids=2)
     (folders / "id_empty").mkdir()
-    with pytest.raises(ValueError, match=r"^encode.input=.*folders: empty identity: class folder\(s\) \['id_empty'\] hold no images$"):
+    with pytest.raises(
+        ValueError, match=r"^encode.input=.*folders: empty identity: class folder\(s\) \['id_empty'\] hold no images$"
+    ):
         encode_dataset(folders, tmp_path / "x.npz", MeanColour())
     with pytest.raises(FileNotFoundError, match="encode.input=.*nowhere does not exist"):
         encode_dataset(tmp_path / "nowhere", tmp_path / "x.npz", MeanColour())
@@ -119,7 +127,9 @@ def test_encode_bad_input_one_line(tmp_path: Path) -> None:
         encode_dataset(folders, tmp_path / "x.csv", MeanColour())
 
 
-def _clustered(n_ids: int, per_id: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _clustered(
+    n_ids: int, per_id: int, dim: int, spread: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_ids, dim))
     labels = np.repeat(np.arange(n_ids), per_id)
@@ -130,8 +140,12 @@ def test_evaluate_sets_writes_report_markdown_and_plots(tmp_path: Path) -> None:
     emb, labels, centres = _clustered(30, 5, 64, 0.3, seed=0)
     names = [f"id{label}/{k % 5}" for k, label in enumerate(labels)]
     synthetic = EmbeddingSet(names, emb.astype(np.float32), labels)
-    real = EmbeddingSet(["ffhq_a", "ffhq_b"], np.stack([centres[4], np.random.default_rng(9).normal(size=64)]).astype(np.float32))
-    report = evaluate_sets(synthetic, tmp_path, real, impostor_pairs=None, uniqueness_threshold=0.6, leakage_threshold=0.8)
+    real = EmbeddingSet(
+        ["ffhq_a", "ffhq_b"], np.stack([centres[4], np.random.default_rng(9).normal(size=64)]).astype(np.float32)
+    )
+    report = evaluate_sets(
+        synthetic, tmp_path, real, impostor_pairs=None, uniqueness_threshold=0.6, leakage_threshold=0.8
+    )
     v = report["verification"]
     assert v["eer"] == 0.0 and v["n_genuine"] == 30 * 10 and v["n_impostor"] == 150 * 149 // 2 - 300
     assert report["identities"]["uniqueness"] == 1.0 and report["identities"]["consistency"] == 1.0
@@ -146,14 +160,23 @@ def test_evaluate_sets_writes_report_markdown_and_plots(tmp_path: Path) -> None:
 def _write_sets(tmp_path: Path, real_dim: int = 16) -> tuple[Path, Path]:
     emb, labels, _ = _clustered(20, 4, 16, 0.5, seed=1)
     synthetic = save_embeddings(tmp_path / "syn.npz", [f"{l}/{k}" for k, l in enumerate(labels)], emb, labels)
-    real = save_embeddings(tmp_path / "real.npz", [f"r{k}" for k in range(10)], np.random.default_rng(2).normal(size=(10, real_dim)))
+    real = save_embeddings(
+        tmp_path / "real.npz", [f"r{k}" for k in range(10)], np.random.default_rng(2).normal(size=(10, real_dim))
+    )
     return synthetic, real
 
 
 def test_evaluate_from_config(tmp_path: Path) -> None:
     synthetic, real = _write_sets(tmp_path)
-    cfg = compose("evaluate_config", [f"evaluate.synthetic={synthetic}", f"evaluate.real={real}",
-                                      f"evaluate.output_dir={tmp_path / 'eval'}", "evaluate.impostor_pairs=5000"])
+    cfg = compose(
+        "evaluate_config",
+        [
+            f"evaluate.synthetic={synthetic}",
+            f"evaluate.real={real}",
+            f"evaluate.output_dir={tmp_path / 'eval'}",
+            "evaluate.impostor_pairs=5000",
+        ],
+    )
     report = evaluate(cfg)
     assert report["verification"]["n_impostor"] == 5000 and report["leakage"]["n_real"] == 10
     assert (tmp_path / "eval" / "report.md").is_file()
@@ -161,14 +184,26 @@ def test_evaluate_from_config(tmp_path: Path) -> None:
 
 def test_evaluate_bad_input_one_line(tmp_path: Path) -> None:
     synthetic, real = _write_sets(tmp_path, real_dim=8)
-    cfg = compose("evaluate_config", [f"evaluate.synthetic={synthetic}", f"evaluate.real={real}", f"evaluate.output_dir={tmp_path}"])
-    with pytest.raises(ValueError, match=r"^embeddings of different dimensions: .*syn.npz has 16-d embeddings, .*real.npz has 8-d$"):
+    cfg = compose(
+        "evaluate_config",
+        [f"evaluate.synthetic={synthetic}", f"evaluate.real={real}", f"evaluate.output_dir={tmp_path}"],
+    )
+    with pytest.raises(
+        ValueError, match=r"^embeddings of different dimensions: .*syn.npz has 16-d embeddings, .*real.npz has 8-d$"
+    ):
         evaluate(cfg)
-    np.savez(tmp_path / "bad_labels.npz", names=np.array(["a", "b", "c"]), embeddings=np.eye(3, dtype=np.float32), labels=np.array([0, 1]))
+    np.savez(
+        tmp_path / "bad_labels.npz",
+        names=np.array(["a", "b", "c"]),
+        embeddings=np.eye(3, dtype=np.float32),
+        labels=np.array([0, 1]),
+    )
     with pytest.raises(ValueError, match=r"^.*bad_labels.npz: labels must have shape \(3,\), found \(2,\)$"):
         load_embeddings(tmp_path / "bad_labels.npz")
     gap = EmbeddingSet(["a/0", "a/1", "c/0", "c/1"], np.eye(4, dtype=np.float32), np.array([0, 0, 2, 2]))
-    with pytest.raises(ValueError, match=r"^gap.npz: empty identity: labels cover 0..2 but identities \[1\] have no embeddings$"):
+    with pytest.raises(
+        ValueError, match=r"^gap.npz: empty identity: labels cover 0..2 but identities \[1\] have no embeddings$"
+    ):
         evaluate_sets(gap, tmp_path, synthetic_name="gap.npz")
     with pytest.raises(ValueError, match="has no identity labels"):
         evaluate_sets(EmbeddingSet(["a", "b"], np.eye(2, dtype=np.float32)), tmp_path)
@@ -177,8 +212,17 @@ def test_evaluate_bad_input_one_line(tmp_path: Path) -> None:
 def test_evaluate_cli_prints_one_error_line(tmp_path: Path) -> None:
     synthetic, real = _write_sets(tmp_path, real_dim=8)
     result = subprocess.run(
-        [sys.executable, "evaluate.py", f"evaluate.synthetic={synthetic}", f"evaluate.real={real}", f"evaluate.output_dir={tmp_path}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "evaluate.py",
+            f"evaluate.synthetic={synthetic}",
+            f"evaluate.real={real}",
+            f"evaluate.output_dir={tmp_path}",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 1, output
@@ -188,9 +232,21 @@ def test_evaluate_cli_prints_one_error_line(tmp_path: Path) -> None:
 
 def _lfw_pairs(path: Path) -> Path:
     """2 folds x (3 genuine + 3 impostor) pairs over 4 people with 2-3 images each."""
-    lines = ["2\t3",
-             "Ann\t1\t2", "Bob\t1\t2", "Cy\t1\t2", "Ann\t1\tBob\t1", "Cy\t2\tDee\t1", "Bob\t2\tDee\t2",
-             "Ann\t2\t3", "Dee\t1\t2", "Cy\t1\t3", "Ann\t3\tCy\t3", "Bob\t1\tDee\t1", "Ann\t2\tDee\t2"]
+    lines = [
+        "2\t3",
+        "Ann\t1\t2",
+        "Bob\t1\t2",
+        "Cy\t1\t2",
+        "Ann\t1\tBob\t1",
+        "Cy\t2\tDee\t1",
+        "Bob\t2\tDee\t2",
+        "Ann\t2\t3",
+        "Dee\t1\t2",
+        "Cy\t1\t3",
+        "Ann\t3\tCy\t3",
+        "Bob\t1\tDee\t1",
+        "Ann\t2\tDee\t2",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -215,7 +271,9 @@ def test_evaluate_lfw_pairs_accuracy_and_missing(tmp_path: Path) -> None:
     assert crossed["verification"]["eer"] == 0.0
 
     partial = EmbeddingSet(names[1:], embeddings.embeddings[1:])  # Ann_0001 missing: 2 pairs
-    with pytest.raises(ValueError, match=r"2 of 12 LFW pairs name images without embeddings \(e.g. Ann_0001, Ann_0002\)"):
+    with pytest.raises(
+        ValueError, match=r"2 of 12 LFW pairs name images without embeddings \(e.g. Ann_0001, Ann_0002\)"
+    ):
         evaluate_lfw_set(partial, pairs_path, tmp_path / "p")
     assert evaluate_lfw_set(partial, pairs_path, tmp_path / "p", on_missing="skip")["dataset"]["skipped_pairs"] == 2
     (tmp_path / "broken.txt").write_text("2\t3\nAnn\t1\n")
@@ -233,10 +291,41 @@ def test_encode_and_evaluate_real_faces_with_dlib(tmp_path: Path) -> None:
         (root / person).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / person / f"{k}.png")
     out = tmp_path / "demo_dlib.npz"
-    cfg = compose("encode_config", [f"encode.input={root}", f"encode.output={out}", "device=cpu",
-                                    "fr_backend.name=dlib", "fr_backend.dlib.input=photo", "fr_backend.batch_size=8"])
+    cfg = compose(
+        "encode_config",
+        [
+            f"encode.input={root}",
+            f"encode.output={out}",
+            "device=cpu",
+            "fr_backend.name=dlib",
+            "fr_backend.dlib.input=photo",
+            "fr_backend.batch_size=8",
+        ],
+    )
     got = load_embeddings(encode(cfg))
     assert got.dim == 128 and len(got) == 5
-    report = evaluate_sets(got, tmp_path / "eval", impostor_pairs=None, uniqueness_threshold=0.9, consistency_threshold=0.9)
+    report = evaluate_sets(
+        got, tmp_path / "eval", impostor_pairs=None, uniqueness_threshold=0.9, consistency_threshold=0.9
+    )
     assert report["verification"]["n_genuine"] == 3 and report["verification"]["eer"] == 0.0
     assert report["identities"]["uniqueness"] == 1.0
+
+
+def test_benchmark_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/evaluate.py at a toy size: the last stdout line is one JSON object."""
+    from benchmarks.evaluate import main as benchmark
+
+    result = benchmark(
+        ["--identities", "20", "--images", "5", "--dim", "32", "--impostor-pairs", "1000", "--real", "50"]
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == result and result["genuine_pairs"] == 20 * 10 and result["impostor_pairs"] == 1000
+
+
+@pytest.mark.slow
+def test_benchmark_paper_scale_fits_24_gib() -> None:
+    """Acceptance at full size: 10,000 identities x 50 images x 512-d within 24 GiB (about 1-2 min on 2 cores)."""
+    from benchmarks.evaluate import main as benchmark
+
+    result = benchmark([])
+    assert result["embeddings"] == 500_000 and result["peak_rss_gib"] < 24

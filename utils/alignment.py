@@ -10,6 +10,7 @@ nose tip, left mouth corner, right mouth corner (the order MTCNN returns):
 MTCNN comes from ``facenet-pytorch`` (its P/R/O-Net weights ship in the wheel). The
 detector is built once per :class:`FaceAligner`; images of one size are detected as a batch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,7 +66,9 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or src.shape[0] < 2:
-        raise ValueError(f"landmarks must be two (K, 2) arrays of equal shape with K >= 2, found {src.shape} and {dst.shape}")
+        raise ValueError(
+            f"landmarks must be two (K, 2) arrays of equal shape with K >= 2, found {src.shape} and {dst.shape}"
+        )
     tform = SimilarityTransform.from_estimate(src, dst)
     if not tform:  # skimage returns a falsy FailedEstimation for degenerate points
         raise ValueError(f"no similarity transform fits the landmarks {src.round(1).tolist()} (degenerate points?)")

@@ -14,6 +14,7 @@ Raw dlib descriptors have norm ~1.4 and are not centred, so cosines of different
 stay high (~0.8); thresholds in ``evaluate`` must be chosen per backend (dlib ~0.9,
 which matches dlib's own L2 threshold 0.6 on raw descriptors).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -180,14 +181,18 @@ class DlibBackend(FaceEmbedder):
         chips = self.aligner.align(images, template="dlib", size=150)
         missing = [i for i, chip in enumerate(chips) if chip is None]
         if missing:
-            raise ValueError(f"MTCNN found no face in images {missing[:10]} (of {len(images)}); DlibBackend needs one face per photo")
+            raise ValueError(
+                f"MTCNN found no face in images {missing[:10]} (of {len(images)}); DlibBackend needs one face per photo"
+            )
         return chips  # type: ignore[return-value]
 
     @staticmethod
     def _crop_to_chip(crop: np.ndarray) -> np.ndarray:
         height, width = crop.shape[:2]
         if height != width:
-            raise ValueError(f"an ArcFace crop must be square, found {height}x{width}; use input='photo' for raw photos")
+            raise ValueError(
+                f"an ArcFace crop must be square, found {height}x{width}; use input='photo' for raw photos"
+            )
         landmarks = ARCFACE_TEMPLATE * (width / 112)  # (5, 2): where the template put the points
         return warp_to_template(crop, landmarks, "dlib", 150)
 
@@ -215,4 +220,3 @@ def build_backend(cfg: Mapping[str, Any], device: str | torch.device = "auto") -
         return backends[name](**kwargs, device=device)
     except TypeError as err:
         raise ValueError(f"fr config for {name!r} has an unexpected key ({err}); given keys {sorted(kwargs)}") from None
-

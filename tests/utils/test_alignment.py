@@ -1,4 +1,5 @@
 """utils.alignment: template maths, central-face rule, MTCNN on a real photo (skimage astronaut)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ from utils.alignment import (
 
 def _rotation_scale(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
     a = np.deg2rad(angle_deg)
-    return np.array([[scale * np.cos(a), -scale * np.sin(a), shift[0]], [scale * np.sin(a), scale * np.cos(a), shift[1]]])
+    return np.array(
+        [[scale * np.cos(a), -scale * np.sin(a), shift[0]], [scale * np.sin(a), scale * np.cos(a), shift[1]]]
+    )
 
 
 def test_similarity_matrix_recovers_a_known_transform() -> None:

@@ -1,4 +1,5 @@
 """utils.fr_backends: the shared interface, iResNet preprocessing, dlib on real photos."""
+
 from __future__ import annotations
 
 import logging
@@ -64,11 +65,24 @@ def face_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarra
     from skimage.data import astronaut
 
     folder = tmp_path_factory.mktemp("face_recognition_sdist")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "face-recognition==1.3.0", "-d", str(folder)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "face-recognition==1.3.0",
+        "-d",
+        str(folder),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     archives = list(folder.glob("face_recognition-1.3.0.tar.gz"))
     if result.returncode != 0 or not archives:
-        pytest.skip(f"cannot download the face_recognition 1.3.0 source distribution (its test photos): {result.stderr.strip()[-300:]}")
+        pytest.skip(
+            f"cannot download the face_recognition 1.3.0 source distribution (its test photos): {result.stderr.strip()[-300:]}"
+        )
     photos = {"astronaut": astronaut()}
     with tarfile.open(archives[0]) as tar:
         for key, name in PHOTOS.items():

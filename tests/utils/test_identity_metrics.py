@@ -1,4 +1,5 @@
 """utils.identity_metrics: closed-form and hand-made answers, chunking, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -128,11 +129,18 @@ def test_uniqueness_consistency_leakage_hand_made() -> None:
 
 def test_bad_input_one_clear_line() -> None:
     emb, labels = _hand_made_set()
-    with pytest.raises(ValueError, match=r"^synthetic.npz: labels do not match the embeddings: 5 labels for 6 embeddings$"):
+    with pytest.raises(
+        ValueError, match=r"^synthetic.npz: labels do not match the embeddings: 5 labels for 6 embeddings$"
+    ):
         check_embeddings(emb, labels[:5], what="synthetic.npz")
-    with pytest.raises(ValueError, match=r"^s.npz: empty identity: labels cover 0..3 but identities \[2\] have no embeddings$"):
+    with pytest.raises(
+        ValueError, match=r"^s.npz: empty identity: labels cover 0..3 but identities \[2\] have no embeddings$"
+    ):
         check_embeddings(emb, np.array([0, 0, 1, 1, 3, 3]), what="s.npz")
-    with pytest.raises(ValueError, match=r"^embeddings of different dimensions: the synthetic set has 4-d embeddings, the real set has 3-d$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^embeddings of different dimensions: the synthetic set has 4-d embeddings, the real set has 3-d$",
+    ):
         leakage(identity_centres(emb, labels), np.eye(3, dtype=np.float32), threshold=0.5)
     with pytest.raises(ValueError, match="expected a non-empty \\(N, D\\) embedding matrix, found shape \\(4,\\)"):
         check_embeddings(np.ones(4))
