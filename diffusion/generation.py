@@ -1,0 +1,344 @@
+"""Generate a synthetic identity dataset from a trained run: load, pack, sample, decode, write, resume.
+
+Reproducibility: every image ``k`` of identity ``name`` draws its x_T and every noise term from its
+own CPU generator seeded by ``(seed, name, k)`` (:func:`image_seed`), so an image does not depend on
+which other images share its batch, on their order or on the number of processes. The eps model and
+the decoder are always called on micro-batches of exactly ``micro_batch`` rows (the last one padded),
+because CPU kernels pick different reduction orders for different batch sizes (batch 1 vs 8 differ
+by ~1e-7 on the CPU); with a fixed row count the rows are bitwise independent of ``batch_size``.
+Changing ``micro_batch``, the device or the number of threads may change the last bits.
+
+Resume: an identity is done when its final file exists. Files are written under a temporary name and
+renamed, so a killed run leaves either nothing or a complete file, and a restart redoes only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from diffusion.samplers import guided_eps, per_sample_noise, sample_loop
+from models.autoencoder.vqgan import VQ_F4_EMBED_DIM, VQ_F4_N_EMBED, VQDecoderInterface, load_vq_decoder
+from utils.checkpoint import CheckpointError
+from utils.config import CONFIG_DIR, resolve_device
+from utils.contexts import load_contexts
+from utils.identity_blocks import block_name, write_block, write_image_folder
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("block", "files")
+
+
+@dataclass
+class TrainedModel:
+    """A run folder loaded for sampling.
+
+    ``latent_size`` is the (C, h, w) the diffusion model works in (the VQ latent, or the image
+    itself when ``decoder`` is None); ``context_dim`` the identity-context size D it expects.
+    """
+
+    diffusion: DenoisingDiffusionProbabilisticModel
+    decoder: VQDecoderInterface | None
+    latent_size: tuple[int, int, int]
+    context_dim: int
+    name: str
+    checkpoint: Path
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str | int) -> Path:
+    """``ema`` -> ema_averaged_model.ckpt, ``raw`` -> model.ckpt, a step -> ema_averaged_model_<step>.ckpt."""
+    name = str(checkpoint)
+    if name == "ema":
+        return run_dir / "checkpoints" / "ema_averaged_model.ckpt"
+    if name == "raw":
+        return run_dir / "checkpoints" / "model.ckpt"
+    if name.isdigit():
+        return run_dir / "checkpoints" / f"ema_averaged_model_{name}.ckpt"
+    raise ValueError(f"checkpoint.which must be 'ema', 'raw' or a training step such as 100000, found {checkpoint!r}")
+
+
+def load_trained_model(
+    run_dir: str | os.PathLike,
+    checkpoint: str | int = "ema",
+    device: str | torch.device = "cpu",
+    vq_decoder_path: str | os.PathLike | None = None,
+) -> TrainedModel:
+    """Rebuild the DDPM of a run folder (ours or a published ``trained_models/<name>/``) and load it strictly.
+
+    The run folder holds ``.hydra/config.yaml`` (the training config) and ``checkpoints/*.ckpt``.
+    Latent runs also need the VQ decoder: its ``ddconfig`` comes from the run's ``autoencoder`` key,
+    else from ``configs/autoencoder/vq_f4.yaml`` (published runs have no such key).
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"checkpoint.path {run_dir} is not a folder; expected a training run folder "
+                              "with .hydra/config.yaml and checkpoints/ (e.g. trained_models/<name>)")
+    if not config_file.is_file():
+        raise CheckpointError(f"{config_file} does not exist; checkpoint.path must be a training run folder")
+    train_cfg = OmegaConf.load(config_file)
+    path = checkpoint_path(run_dir, checkpoint)
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path.parent} does not exist; the run folder {run_dir} has no checkpoints/ folder")
+    device = torch.device(device)
+    diffusion = instantiate(train_cfg.diffusion).to(device)
+    load_diffusion_checkpoint(diffusion, path, map_location=device)
+    diffusion.eval().requires_grad_(False)
+
+    constants = train_cfg.constants
+    context_dim = OmegaConf.select(train_cfg, "constants.context_dim", default=None)
+    if context_dim is None:
+        context_dim = train_cfg.model.context_input_channels
+    channels, image_size = int(constants.input_channels), int(constants.image_size)
+    decoder = None
+    latent_size = (channels, image_size, image_size)
+    if train_cfg.get("latent_diffusion", False):
+        autoencoder = train_cfg.get("autoencoder") or OmegaConf.load(CONFIG_DIR / "autoencoder" / "vq_f4.yaml")
+        factor = 2 ** (len(autoencoder.ddconfig.ch_mult) - 1)
+        latent_size = (channels, image_size // factor, image_size // factor)
+        if vq_decoder_path is None:
+            raise ValueError(f"{config_file} is a latent-diffusion run: pass the VQ decoder file (paths.vq_decoder)")
+        decoder = load_vq_decoder(
+            vq_decoder_path, OmegaConf.to_container(autoencoder.ddconfig), map_location=device,
+            embed_dim=int(autoencoder.get("embed_dim", VQ_F4_EMBED_DIM)), n_embed=int(autoencoder.get("n_embed", VQ_F4_N_EMBED)),
+        )
+    log.info("loaded %s (%s), latent %s, context dim %d", run_dir.name, path.name, latent_size, context_dim)
+    return TrainedModel(diffusion, decoder, latent_size, int(context_dim), run_dir.name, path)
+
+
+class MicroBatched(nn.Module):
+    """Call ``module`` on chunks of exactly ``micro_batch`` rows (the last padded by repeating its last row).
+
+    All positional tensor arguments are split along dim 0; None arguments pass through.
+    """
+
+    def __init__(self, module: nn.Module, micro_batch: int) -> None:
+        super().__init__()
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, found {micro_batch}")
+        self.module = module
+        self.micro_batch = int(micro_batch)
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, ...) -> module output (B, ...), computed ``micro_batch`` rows at a time."""
+        m, outputs = self.micro_batch, []
+        for start in range(0, len(x), m):
+            n = min(m, len(x) - start)
+            parts = [None if a is None else _pad_rows(a[start : start + n], m) for a in (x, *args)]
+            outputs.append(self.module(*parts)[:n])
+        return torch.cat(outputs)
+
+
+def _pad_rows(a: torch.Tensor, rows: int) -> torch.Tensor:
+    """Pad (n, ...) to (rows, ...) by repeating the last row."""
+    return a if len(a) == rows else torch.cat([a, a[-1:].expand(rows - len(a), *a.shape[1:])])
+
+
+def image_seed(seed: int, identity: str, k: int) -> int:
+    """The seed of image ``k`` of ``identity``: a hash of both and the run seed, in [0, 2**63)."""
+    digest = hashlib.sha256(f"{seed}:{identity}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, rounding like ``torchvision.utils.save_image``."""
+    x = ((x.float().clamp(-1, 1) + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def sample_images(
+    model: TrainedModel,
+    context: torch.Tensor,
+    seeds: Sequence[int],
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    micro_batch: int = 8,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Sample and decode one image per row of ``context`` (B, D), row b seeded by ``seeds[b]``.
+
+    Returns:
+        (B, H, W, 3) uint8 images.
+    """
+    device = model.diffusion.betas.device
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    eps_model = MicroBatched(model.diffusion.eps_model, micro_batch)
+    context = context.to(device)
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return guided_eps(eps_model, x_t, t, context, guidance_scale)
+
+    x_T = per_sample_noise(generators, model.latent_size, device)
+    x_0 = sample_loop(eps_fn, model.diffusion.sampler(sampler, steps, eta), x_T,
+                      lambda x: per_sample_noise(generators, model.latent_size, device))
+    if model.decoder is not None:
+        x_0 = MicroBatched(model.decoder, micro_batch)(x_0)
+    return to_uint8(x_0)
+
+
+def resolve_shard(shard_index: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
+    """(index, count) from explicit values (job arrays), else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    if (shard_index is None) != (num_shards is None):
+        raise ValueError(f"set both sampling.shard_index and sampling.num_shards, found {shard_index} and {num_shards}")
+    if shard_index is None:
+        shard_index, num_shards = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard index must be in [0, {num_shards}), found {shard_index}")
+    return int(shard_index), int(num_shards)
+
+
+def _is_done(out_dir: Path, identity: str, n_images: int, output: str) -> bool:
+    if output == "block":
+        return (out_dir / block_name(identity, n_images)).is_file()
+    return (out_dir / identity).is_dir()
+
+
+def _remove_stale_temporaries(out_dir: Path, identities: Sequence[str], n_images: int) -> None:
+    """Delete temporaries a killed run of this shard left behind (``.<final name>.<random>.tmp``)."""
+    if not out_dir.is_dir():
+        return
+    finals = {f".{block_name(i, n_images)}." for i in identities} | {f".{i}." for i in identities}
+    for entry in out_dir.glob(".*.tmp"):
+        head, _, rest = entry.name[: -len(".tmp")].rpartition(".")
+        if f"{head}." in finals and rest:
+            log.info("removing %s left by an interrupted run", entry.name)
+            if entry.is_dir():
+                for child in entry.iterdir():
+                    child.unlink()
+                entry.rmdir()
+            else:
+                entry.unlink()
+
+
+@dataclass
+class GenerationSummary:
+    """What one shard did."""
+
+    shard: tuple[int, int]
+    identities: int
+    skipped: int
+    written: int
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_dataset(
+    model: TrainedModel,
+    names: Sequence[str],
+    contexts: np.ndarray,
+    out_dir: str | os.PathLike,
+    n_images: int,
+    seed: int = 42,
+    batch_size: int = 64,
+    micro_batch: int = 8,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    output: str = "block",
+    shard: tuple[int, int] = (0, 1),
+    amp_dtype: torch.dtype | None = None,
+) -> GenerationSummary:
+    """Sample ``n_images`` per identity for this shard's identities and write them to ``out_dir``.
+
+    Images of several identities are packed into batches of ``batch_size``; an identity is written
+    (``<name>.grid<r>x<c>.png`` for ``block``, ``<name>/<k>.png`` for ``files``) once all its images exist.
+
+    Args:
+        names: N identity names; contexts: (N, D) float32 contexts.
+        shard: (index, count); identity i belongs to shard ``i % count``.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"sampling.output must be one of {OUTPUTS}, found {output!r}")
+    if contexts.shape[1] != model.context_dim:
+        raise ValueError(f"contexts have dimension {contexts.shape[1]} but {model.name} expects {model.context_dim}")
+    out_dir = Path(out_dir)
+    index, count = shard
+    mine = list(range(index, len(names), count))
+    _remove_stale_temporaries(out_dir, [names[i] for i in mine], n_images)
+    pending = [i for i in mine if not _is_done(out_dir, names[i], n_images, output)]
+    log.info("shard %d/%d: %d identities, %d already done, %d to sample", index, count, len(mine),
+             len(mine) - len(pending), len(pending))
+    work = [(i, k) for i in pending for k in range(n_images)]
+    buffers: dict[int, list[np.ndarray]] = {}
+    start_time = time.perf_counter()
+    with tqdm(total=len(work), desc=f"sampling shard {index}", unit="img") as bar:
+        for start in range(0, len(work), batch_size):
+            batch = work[start : start + batch_size]
+            context = torch.from_numpy(np.stack([contexts[i] for i, _ in batch]))
+            seeds = [image_seed(seed, names[i], k) for i, k in batch]
+            images = sample_images(model, context, seeds, sampler, steps, eta, guidance_scale, micro_batch, amp_dtype)
+            for (i, _), image in zip(batch, images):
+                buffers.setdefault(i, []).append(image)
+                if len(buffers[i]) == n_images:
+                    stack = np.stack(buffers.pop(i))
+                    if output == "block":
+                        write_block(out_dir, names[i], stack)
+                    else:
+                        write_image_folder(out_dir, names[i], stack)
+            bar.update(len(batch))
+    summary = GenerationSummary((index, count), len(mine), len(mine) - len(pending), len(pending), len(work),
+                                time.perf_counter() - start_time)
+    log.info("shard %d/%d done: %d identities written, %d skipped, %d images in %.1f s (%.3f images/s) -> %s",
+             index, count, summary.written, summary.skipped, summary.images, summary.seconds,
+             summary.images_per_second, out_dir)
+    return summary
+
+
+AMP_DTYPES = {None: None, "none": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def samples_dir(cfg: DictConfig) -> Path:
+    """``<sampling.out_dir>/<run name>[_non_ema|_<step>]/<contexts file stem>``, the original's layout."""
+    which = str(cfg.checkpoint.which)
+    model_name = Path(cfg.checkpoint.path).name + {"ema": "", "raw": "_non_ema"}.get(which, f"_{which}")
+    return Path(cfg.sampling.out_dir) / model_name / Path(cfg.sampling.contexts_file).stem
+
+
+def sample_from_config(cfg: DictConfig) -> GenerationSummary:
+    """``sample.py``: load the run and the contexts, then :func:`generate_dataset` for this shard."""
+    s = cfg.sampling
+    if s.amp not in AMP_DTYPES:
+        raise ValueError(f"sampling.amp must be one of {sorted(k for k in AMP_DTYPES if k)} or null, found {s.amp!r}")
+    shard = resolve_shard(s.shard_index, s.num_shards)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    contexts = load_contexts(s.contexts_file)
+    n_contexts = len(contexts) if s.n_contexts is None else int(s.n_contexts)
+    if n_contexts > len(contexts):
+        raise ValueError(f"{s.contexts_file} holds {len(contexts)} contexts, fewer than sampling.n_contexts={n_contexts}")
+    model = load_trained_model(cfg.checkpoint.path, cfg.checkpoint.which, device, cfg.paths.vq_decoder)
+    if contexts.dim != model.context_dim:
+        raise ValueError(f"{s.contexts_file} holds {contexts.dim}-d contexts but the model in {cfg.checkpoint.path} "
+                         f"expects {model.context_dim}-d ones (constants.context_dim / model.context_input_channels)")
+    out_dir = samples_dir(cfg)
+    if shard[0] == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir.with_suffix(".yaml"))
+    return generate_dataset(
+        model, contexts.names[:n_contexts], contexts.embeddings[:n_contexts], out_dir, int(s.n_samples_per_context),
+        seed=int(s.seed), batch_size=int(s.batch_size), micro_batch=int(s.micro_batch), sampler=s.sampler,
+        steps=s.steps, eta=float(s.eta), guidance_scale=float(s.guidance_scale), output=s.output, shard=shard,
+        amp_dtype=AMP_DTYPES[s.amp],
+    )
