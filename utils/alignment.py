@@ -145,10 +145,10 @@ class FaceAligner:
     Args:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
         min_face_size: smallest face MTCNN looks for, in pixels. The image pyramid starts at
-            scale ``12 / min_face_size``, so the cost grows roughly with ``(1 / min_face_size)^2``:
-            the original's ``min_face_size=1`` scanned a 128x128 sample as a 1536x1536 image.
-            Faces in generated 128x128 samples and 112x112 crops are 60-110 px wide, so the
-            default 20 (facenet-pytorch's own) loses nothing and is about two orders faster.
+            scale ``12 / min_face_size``: the original's ``min_face_size=1`` scans a 128x128
+            sample as a 1536x1536 image (measured on 2 CPU cores: 4.5 s instead of 0.8 s per
+            128x128 photo, same landmarks within 0.6 px). Faces in generated 128x128 samples and
+            112x112 crops are 60-110 px wide, so the default 20 (facenet-pytorch's own) loses nothing.
         thresholds: P-Net, R-Net, O-Net score thresholds.
         factor: pyramid scale step.
         batch_size: images of one size detected per MTCNN call.

@@ -116,3 +116,15 @@ def test_aligned_crop_landmarks_redetect_on_template(aligner: FaceAligner, astro
     assert to_warped.max() < 3.0, to_warped.round(2)
     assert to_template[:2].max() < 3.0, to_template.round(2)
     assert to_template.max() < np.linalg.norm(warped - ARCFACE_TEMPLATE, axis=1).max() + 3.0, to_template.round(2)
+
+
+@pytest.mark.gpu
+def test_cuda_detection_matches_cpu(aligner: FaceAligner, astronaut: np.ndarray) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    (on_cpu,) = aligner.detect([astronaut])
+    (on_gpu,) = FaceAligner(device="cuda", min_face_size=40).detect([astronaut])
+    assert on_cpu is not None and on_gpu is not None
+    np.testing.assert_allclose(on_gpu.landmarks, on_cpu.landmarks, atol=1.0)

@@ -135,3 +135,13 @@ def test_dlib_rejects_non_square_crops_and_photos_without_faces() -> None:
         DlibBackend(input="photo", device="cpu").embed([np.zeros((64, 64, 3), np.uint8)])
     with pytest.raises(ValueError, match="input='raw' is unknown"):
         DlibBackend(input="raw")
+
+
+@pytest.mark.gpu
+def test_iresnet_backend_cuda_matches_cpu(iresnet_weights: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    images = [np.random.default_rng(k).integers(0, 256, (112, 112, 3), dtype=np.uint8) for k in range(4)]
+    on_cpu = IResNetBackend(iresnet_weights, arch="iresnet18", device="cpu").embed(images)
+    on_gpu = IResNetBackend(iresnet_weights, arch="iresnet18", device="cuda").embed(images)
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-3)
