@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -132,7 +131,9 @@ def load_contexts(path: str | os.PathLike) -> EmbeddingSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"contexts file {path} does not exist; make one with create_sample_identity_contexts.py")
-    if path.suffix != ".npy" or not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip container, not numpy's .npy header
+    if path.suffix != ".npy" or not is_zip:
         return load_embeddings(path)
     try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
