@@ -261,11 +261,11 @@ def _train(cfg: DictConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
                 "num_classes": dataset.num_classes,
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }
+            metrics.append(record)  # before the checkpoint: a resume truncates what the checkpoint lacks
             save_atomic(state, out_dir / CHECKPOINT)
             save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone.pth")
             if improved:
                 save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone_best.pth")
-            metrics.append(record)
             metrics.plot(out_dir / "metrics.png")
             log.info("epoch %d: loss %.4f, train acc %.2f%%, lr %.3g, %.1f img/s%s", epoch + 1, record["loss"],
                      record["train_accuracy"], lr_now, record["images_per_s"],

@@ -1,8 +1,7 @@
 """Synthetic "faces" for the FR tests: each identity is a fixed layout of coloured shapes.
 
-Images of one identity share the layout and the shape colours; the background colour, a
-global shift, the shape sizes, the brightness and pixel noise vary per image, so a random
-network sees mostly nuisance and a trained one can learn the identity.
+Images of one identity share the layout and the shape colours; the grey level of the
+background, a global shift, the shape sizes, the brightness and pixel noise vary per image.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ SIZE = 112
 def identity_image(identity: int, sample_rng: np.random.Generator) -> np.ndarray:
     """(112, 112, 3) uint8 image of ``identity`` with per-image jitter drawn from ``sample_rng``."""
     layout = np.random.default_rng(1000 + identity)
-    background = tuple(int(v) for v in sample_rng.integers(0, 256, 3))
+    background = (int(sample_rng.integers(70, 190)),) * 3
     img = Image.new("RGB", (SIZE, SIZE), background)
     draw = ImageDraw.Draw(img)
     dx, dy = sample_rng.integers(-6, 7, 2)

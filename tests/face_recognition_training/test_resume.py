@@ -1,0 +1,82 @@
+"""Resume after SIGKILL: a killed and restarted CPU run ends with the same weights, bitwise.
+
+Both runs are subprocesses of ``python -m face_recognition_training.train`` with one thread.
+The config exercises every source of state: RandAugment and dropout (torch RNG, workers=0),
+ElasticFace margins (torch RNG), SGD momentum, a step schedule with a milestone after the
+first epoch, and the epoch-seeded sampler.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.checkpoint import torch_load
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CKPT = "checkpoint.pt"
+
+
+def _command(data: Path, out: Path, epochs: int) -> list[str]:
+    return [
+        sys.executable, "-m", "face_recognition_training.train",
+        f"data.root={data}", "data.width=0", "data.depth=0", "data.augment=ra_4_16", "data.random_erasing=0.5",
+        "data.num_workers=0", "fr/backbone=iresnet18", "fr/head=elastic_cosface", "fr/schedule=step",
+        "fr.schedule.milestones=[1]", f"fr.schedule.max_epochs={epochs}", "train.batch_size=4", "train.base_lr=12.8",
+        "train.device=cpu", "train.progress=false", "eval.bin_dir=null", f"train.output_dir={out}",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_resume_after_sigkill_is_bitwise(tmp_path: Path, faces) -> None:
+    data = faces.write_class_folders(tmp_path / "data", faces.make_identity_images(4, 2, seed=0))
+    epochs = 2
+    reference = subprocess.Popen(_command(data, tmp_path / "ref", epochs), cwd=PROJECT_ROOT, env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen(_command(data, tmp_path / "kill", epochs), cwd=PROJECT_ROOT, env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "kill" / "checkpoint.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert victim.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint after 600 s"
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert torch_load(checkpoint)["epoch"] == 1
+
+    resumed = subprocess.run(_command(data, tmp_path / "kill", epochs), cwd=PROJECT_ROOT, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resumed from" in resumed.stdout  # Hydra's job logging writes to stdout
+    ref_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_out[-3000:]
+
+    ref_state, res_state = torch_load(tmp_path / "ref" / CKPT), torch_load(tmp_path / "kill" / CKPT)
+    assert ref_state["epoch"] == res_state["epoch"] == epochs
+    for key, value in ref_state["model"].items():
+        assert torch.equal(value, res_state["model"][key]), key
+    for key in ("backbone.pth",):
+        a, b = torch_load(tmp_path / "ref" / key), torch_load(tmp_path / "kill" / key)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_momenta, res_momenta = ref_state["optimizer"]["state"], res_state["optimizer"]["state"]
+    assert ref_momenta.keys() == res_momenta.keys()
+    assert all(torch.equal(ref_momenta[k]["momentum_buffer"], res_momenta[k]["momentum_buffer"]) for k in ref_momenta)
+    assert ref_state["scheduler"]["last_epoch"] == res_state["scheduler"]["last_epoch"] == epochs
+    lines = [json.loads(line) for line in (tmp_path / "kill" / "metrics.jsonl").read_text().splitlines()]
+    ref_lines = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(epochs))
+    np.testing.assert_array_equal([r["loss"] for r in lines], [r["loss"] for r in ref_lines])
+    assert (tmp_path / "kill" / "metrics.png").is_file()
+
