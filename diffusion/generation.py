@@ -335,7 +335,7 @@ def sample_from_config(cfg: DictConfig) -> GenerationSummary:
     out_dir = samples_dir(cfg)
     if shard[0] == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir.with_suffix(".yaml"))
+        OmegaConf.save(cfg, out_dir.parent / f"{out_dir.name}.yaml")
     return generate_dataset(
         model, contexts.names[:n_contexts], contexts.embeddings[:n_contexts], out_dir, int(s.n_samples_per_context),
         seed=int(s.seed), batch_size=int(s.batch_size), micro_batch=int(s.micro_batch), sampler=s.sampler,
