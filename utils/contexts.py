@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from utils.checkpoint import CheckpointError, save_atomic
+from utils.checkpoint import save_atomic
 from utils.embeddings import EmbeddingSet, load_embeddings, save_embeddings
 from utils.fr_backends import build_backend
 from utils.identity_blocks import IMAGE_SUFFIXES, natural_key, read_image
@@ -120,34 +120,12 @@ def separability_filter(embeddings: np.ndarray, threshold: float, chunk_size: in
     return np.asarray(kept, dtype=np.int64)
 
 
-def _numpy_array_globals() -> list:
-    """The numpy types a ``torch.save``d dict of float arrays needs under ``weights_only=True``."""
-    core = getattr(np, "_core", None) or np.core
-    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.float32))]
-
-
 def load_contexts(path: str | os.PathLike) -> EmbeddingSet:
     """Read contexts from the original ``torch.save``d dict (any suffix) or any :mod:`utils.embeddings` format."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"contexts file {path} does not exist; make one with create_sample_identity_contexts.py")
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip container, not numpy's .npy header
-    if path.suffix != ".npy" or not is_zip:
-        return load_embeddings(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged or non-array pickles
-        reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable original contexts file (dict of arrays): {reason}") from None
-    if not isinstance(obj, dict) or not obj:
-        raise ValueError(f"{path}: expected a non-empty dict {{identity: embedding}}, found {type(obj).__name__}")
-    vectors = [np.asarray(torch.as_tensor(v), dtype=np.float32).reshape(-1) for v in obj.values()]
-    dims = sorted({len(v) for v in vectors})
-    if len(dims) > 1:
-        raise ValueError(f"{path}: contexts have different dimensions {dims}; expected one")
-    return EmbeddingSet([str(k) for k in obj], np.stack(vectors))
+    return load_embeddings(path)
 
 
 def save_original_contexts(path: str | os.PathLike, contexts: EmbeddingSet) -> Path:

@@ -6,8 +6,10 @@ Formats, chosen by the file suffix:
   optionally ``labels`` (N,) int64.
 * ``.pt`` / ``.pth`` (original ``extract_face_embeddings_from_dir.py``): a ``torch.save``d
   dict ``{image stem: float32[D]}``; read with ``weights_only=True``.
-* ``.npy`` (original sampling contexts, e.g. ``random_synthetic_uniform_15000.npy``): a
-  plain (N, D) matrix; names are the row indices. Read with ``allow_pickle=False``.
+* ``.npy``: either the original sampling contexts (``random_synthetic_uniform_15000.npy`` is
+  really a ``torch.save``d dict ``{name: float32 ndarray}``, recognised by its zip header and
+  read with ``weights_only=True`` admitting only numpy's array types), or a plain (N, D)
+  numpy matrix whose names are the row indices (read with ``allow_pickle=False``).
 """
 from __future__ import annotations
 
@@ -42,6 +44,17 @@ class EmbeddingSet:
     def as_dict(self) -> dict[str, np.ndarray]:
         """``{name: embedding}`` (the layout the original code keeps in memory)."""
         return dict(zip(self.names, self.embeddings))
+
+
+def _numpy_array_globals() -> list:
+    """The numpy types a ``torch.save``d dict of float arrays needs under ``weights_only=True``."""
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.float32))]
+
+
+def _is_torch_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # torch.save's zip container, not numpy's .npy header
 
 
 def _check(path: Path, names: list[str], embeddings: np.ndarray, labels: np.ndarray | None) -> None:
@@ -89,7 +102,7 @@ def save_embeddings(
                 if labels is not None:
                     arrays["labels"] = labels
                 np.savez(f, **arrays)
-            elif path.suffix == ".npy":
+            elif path.suffix == ".npy":  # a plain matrix; the original dict format goes to .pt
                 np.save(f, embeddings, allow_pickle=False)
             else:
                 torch.save({n: torch.from_numpy(e.copy()) for n, e in zip(names, embeddings)}, f)
@@ -115,17 +128,18 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 labels = np.asarray(data["labels"], dtype=np.int64) if "labels" in data else None
         except (OSError, EOFError) as err:
             raise ValueError(f"{path} is not a readable .npz embedding file: {err}") from None
-    elif path.suffix == ".npy":
+    elif path.suffix == ".npy" and not _is_torch_zip(path):
         try:
             embeddings = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
         except (OSError, ValueError, EOFError) as err:
             raise ValueError(f"{path} is not a plain numeric .npy matrix: {err}") from None
         names = [str(i) for i in range(len(embeddings))]
         labels = None
-    elif path.suffix in (".pt", ".pth"):
-        obj = torch_load(path)
+    elif path.suffix in (".pt", ".pth", ".npy"):
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            obj = torch_load(path)
         if not isinstance(obj, dict) or not all(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in obj.values()):
-            raise ValueError(f"{path}: expected a dict {{image stem: embedding tensor}}, found {type(obj).__name__}")
+            raise ValueError(f"{path}: expected a dict {{image stem: embedding}}, found {type(obj).__name__}")
         names = [str(k) for k in obj]
         vectors = [torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in obj.values()]
         dims = sorted({len(v) for v in vectors})

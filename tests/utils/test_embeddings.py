@@ -45,3 +45,13 @@ def test_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="2 names for 3 embeddings"):
         save_embeddings(tmp_path / "e.npz", ["a", "b"], np.zeros((3, 4), np.float32))
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_reads_original_contexts_npy_written_by_torch_save(tmp_path):
+    """The original's contexts '.npy' is a torch.save'd dict of numpy arrays, not a numpy file."""
+    rng = np.random.default_rng(1)
+    original = {f"{i}": rng.standard_normal(512).astype(np.float32) for i in range(3)}
+    torch.save(original, tmp_path / "random_synthetic_uniform_3.npy")
+    back = load_embeddings(tmp_path / "random_synthetic_uniform_3.npy")
+    assert back.names == ["0", "1", "2"]
+    np.testing.assert_array_equal(back.embeddings, np.stack(list(original.values())))
