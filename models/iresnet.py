@@ -77,7 +77,7 @@ class IBasicBlock(nn.Module):
         if groups != 1 or base_width != 64:
             raise ValueError(f"IBasicBlock supports only groups=1 and base_width=64, got {groups} and {base_width}")
         if dilation > 1:
-            raise NotImplementedError(f"IBasicBlock does not support dilation > 1 (got {dilation})")
+            raise ValueError(f"IBasicBlock supports dilation 1 only, got dilation={dilation}")
         self.bn1 = nn.BatchNorm2d(inplanes, eps=BN_EPS)
         self.conv1 = conv3x3(inplanes, planes)
         self.bn2 = nn.BatchNorm2d(planes, eps=BN_EPS)
