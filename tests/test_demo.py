@@ -1,0 +1,83 @@
+"""demo.py: ``demo.fast=true`` end to end on the shipped checkpoint; seeded numbers; resume after an interruption."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig
+
+from utils.config import compose
+from utils.demo import run_demo
+from utils.demo.stages import STAGES, DemoRun
+from utils.demo.state import STATE_FILE, StageState, fingerprint
+
+
+def _config(out: Path, *overrides: str) -> DictConfig:
+    return compose("demo_config", ["demo.fast=true", f"demo.output_dir={out}", *overrides])
+
+
+def _report(out: Path) -> dict[str, Any]:
+    return json.loads((out / "report.json").read_text())
+
+
+def _interrupt(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
+    raise KeyboardInterrupt("simulated interruption")
+
+
+def _must_not_run(name: str):
+    def stage(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
+        raise AssertionError(f"stage {name} finished before the interruption but ran again")
+
+    return stage
+
+
+def test_fast_demo_writes_finite_seeded_report_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = tmp_path / "first"
+    report_md = run_demo(_config(first))
+    report = _report(first)
+    metrics = report["metrics"]
+    assert report_md == first / "report.md" and report_md.is_file()
+    assert (first / "overview.png").is_file()
+    for key in ("detected_share", "eer", "fmr100", "genuine_mean", "impostor_mean", "train_final_loss"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, (int, float)))
+    assert 0.0 <= metrics["detected_share"] <= 1.0
+    assert list(report["seconds"]) == list(STAGES)
+    for image in ("figures/loss.png", "figures/generated_identities.png", "figures/aligned_crops.png"):
+        assert (first / image).is_file(), image
+    assert "![overview](overview.png)" in report_md.read_text()
+
+    # A second run in another folder, killed after sampling, then resumed: finished stages are not redone,
+    # and the numbers equal the first run's (seeded end to end).
+    second = tmp_path / "second"
+    monkeypatch.setitem(STAGES, "align", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(_config(second))
+    monkeypatch.undo()
+    assert not (second / "report.json").exists()
+    finished = json.loads((second / STATE_FILE).read_text())["stages"]
+    assert list(finished) == ["embed", "train", "contexts", "sample"]
+    for name in finished:
+        monkeypatch.setitem(STAGES, name, _must_not_run(name))
+    run_demo(_config(second))
+    assert _report(second)["metrics"] == metrics
+
+
+def test_unknown_until_stage_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="demo.until='nope' is not a stage"):
+        run_demo(_config(tmp_path, "demo.until=nope"))
+
+
+def test_state_file_of_other_settings_is_stale(tmp_path: Path) -> None:
+    state = StageState(tmp_path, fingerprint({"fast": True}))
+    state.record("embed", {"photos": 5}, 1.25)
+    again = StageState(tmp_path, fingerprint({"fast": True}))
+    assert again.done("embed") and again.result("embed") == {"photos": 5} and not again.stale
+    other = StageState(tmp_path, fingerprint({"fast": False}))
+    assert other.stale and not other.done("embed")
+    with pytest.raises(KeyError, match="has not finished"):
+        other.result("embed")
