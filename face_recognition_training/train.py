@@ -33,19 +33,32 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from face_recognition_training.dataset import ClassFolderDataset, EpochLoader, build_transform
-from face_recognition_training.distributed import (
-    DistContext,
-    all_gather,
-    barrier,
-    broadcast_float,
-    cleanup_distributed,
-    setup_distributed,
+from face_recognition_training.dataset import (
+    ClassFolderDataset,
+    EpochLoader,
+    build_transform,
 )
-from face_recognition_training.evaluate import evaluate_backbone, format_table, load_verification_sets, mean_accuracy
+from face_recognition_training.evaluate import (
+    evaluate_backbone,
+    format_table,
+    load_verification_sets,
+    mean_accuracy,
+)
 from face_recognition_training.run_log import MetricsLog
-from face_recognition_training.schedule import EarlyStopping, build_scheduler, step_scheduler
+from face_recognition_training.schedule import (
+    EarlyStopping,
+    build_scheduler,
+    step_scheduler,
+)
 from utils.checkpoint import CheckpointError, check_state_dict, save_atomic, torch_load
+from utils.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +124,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     cfg: DictConfig,
-    ctx: DistContext,
+    ctx: DistributedContext,
     amp: bool,
 ) -> dict[str, float]:
     """One pass over this rank's share of the data; returns mean loss, top-1 accuracy (%), images/s."""
@@ -150,7 +163,7 @@ def train_one_epoch(
 
 
 def _resume(path: Path, fr_model: FRModel, optimizer: torch.optim.Optimizer, scheduler: Any,
-            scaler: torch.amp.GradScaler, stopper: EarlyStopping, ctx: DistContext) -> int:
+            scaler: torch.amp.GradScaler, stopper: EarlyStopping, ctx: DistributedContext) -> int:
     """Load ``checkpoint.pt`` into the training objects; returns the number of finished epochs."""
     state = torch_load(path, map_location="cpu")
     check_state_dict(fr_model, state["model"], path)
@@ -172,7 +185,7 @@ def _resume(path: Path, fr_model: FRModel, optimizer: torch.optim.Optimizer, sch
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) FR training as configured by ``fr_train_config``; returns the last epoch's record."""
-    ctx = setup_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device)
     out_dir = Path(cfg.train.output_dir)
     file_log = None
     try:
@@ -187,10 +200,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()
-        cleanup_distributed(ctx)
+        cleanup_distributed()
 
 
-def _train(cfg: DictConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
+def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.train.seed + ctx.rank)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -214,7 +227,7 @@ def _train(cfg: DictConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
                        num_classes=dataset.num_classes)
     fr_model = FRModel(backbone, head).to(ctx.device)
     model: nn.Module = fr_model
-    if ctx.distributed:
+    if ctx.is_distributed:
         model = DistributedDataParallel(fr_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     global_batch = cfg.train.batch_size * ctx.world_size
     lr = cfg.train.base_lr * global_batch / REFERENCE_BATCH
@@ -243,12 +256,12 @@ def _train(cfg: DictConfig, ctx: DistContext, out_dir: Path) -> dict[str, Any]:
         record = {"epoch": epoch, "lr": lr_now,
                   **train_one_epoch(model, fr_model, loader, epoch, optimizer, scaler, cfg, ctx, amp)}
         results = evaluate_backbone(fr_model.backbone, sets, ctx.device, cfg.eval.batch_size, amp) if sets else {}
-        mean_acc = broadcast_float(mean_accuracy(results) if results else math.nan, ctx)
+        mean_acc = float(broadcast_object(mean_accuracy(results) if results else math.nan, ctx))
         if not math.isnan(mean_acc):
             record.update(eval=results, mean_accuracy=mean_acc)
         step_scheduler(scheduler, None if math.isnan(mean_acc) else mean_acc)
         improved = not math.isnan(mean_acc) and stopper.update(epoch, mean_acc)
-        rng_states = all_gather(get_rng_state(ctx.device), ctx)
+        rng_states = all_gather_objects(get_rng_state(ctx.device), ctx)
         if ctx.is_main:
             state = {
                 "epoch": epoch + 1,

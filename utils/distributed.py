@@ -62,6 +62,11 @@ def init_distributed(device_name: str | None = "auto") -> DistributedContext:
         return DistributedContext(0, 1, 0, device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                "launch at most one torchrun process per GPU"
+            )
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
