@@ -1,6 +1,6 @@
 """Tiles/s of MTCNN alignment batched over tiles (``align.py``) vs one tile at a time, on the CPU.
 
-Run from the project root: ``python -m benchmarks.align``. The tiles are 128x128 crops of
+Run from the project root: ``python benchmarks/align.py``. The tiles are 128x128 crops of
 scikit-image's astronaut (a public-domain NASA photo) with a few pixels of jitter, like the
 tiles of a sampled identity block. Both ways use the same ``FaceAligner`` settings; each figure
 is the median of ``--repeats`` runs after a warm-up. The last line printed is one JSON object.

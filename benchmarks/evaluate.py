@@ -1,6 +1,6 @@
 """Time and peak memory of ``evaluate.evaluate_sets`` at the paper's scale, on random embeddings.
 
-Run from the project root: ``python -m benchmarks.evaluate``. Default: 10,000 identities x 50
+Run from the project root: ``python benchmarks/evaluate.py``. Default: 10,000 identities x 50
 images x 512-d (500,000 embeddings), clustered around random identity centres; 10,000,000 seeded
 impostor pairs; leakage against 70,000 random "real" embeddings (the size of FFHQ). Everything
 evaluate.py computes is run, including the report and the PNG plots (in a temporary folder).

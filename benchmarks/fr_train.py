@@ -1,6 +1,6 @@
 """Training throughput of the FR recipe: iResNet-50 + CosFace (10,000 classes), SGD, 112x112, batch 64.
 
-Run from the project root: ``python -m benchmarks.fr_train``. Builds backbone and head from
+Run from the project root: ``python benchmarks/fr_train.py``. Builds backbone and head from
 ``configs/fr_train_config.yaml`` and times full training steps (forward, cross-entropy,
 backward, gradient clipping, SGD step) on random images: float32 on the CPU, and on CUDA
 (when available) float32 and float16 autocast with a GradScaler, as training uses. Each figure

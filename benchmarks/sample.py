@@ -1,6 +1,6 @@
 """Images/s of identity sampling with the full-size UNet + VQ-f4 decoder (random weights) on the CPU.
 
-Run from the project root: ``python -m benchmarks.sample``. Two ways to make 50 images of one identity:
+Run from the project root: ``python benchmarks/sample.py``. Two ways to make 50 images of one identity:
 
 * (a) the original: DDPM, 1,000 steps, one identity of 50 images per batch, global-RNG noise;
 * (b) ours: DDIM, 50 steps, packed batches (``batch_size`` images of any identities, one seeded

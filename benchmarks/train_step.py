@@ -1,6 +1,6 @@
 """Training-step throughput with the VQ encoder on the fly vs the latent cache (full-size models, random weights).
 
-Run from the project root: ``python -m benchmarks.train_step``. One step = (encode the batch with the
+Run from the project root: ``python benchmarks/train_step.py``. One step = (encode the batch with the
 frozen VQ-f4 encoder, on-the-fly mode only) + DDPM loss of the full-size ``unet_cond_ca_cpd25`` UNet
 + backward + Adam + EMA update, at batch 8 on 128x128 images (3x32x32 latents), float32 on the CPU
 (or the configured device). A small image folder is written to a temp dir, its latent cache is built

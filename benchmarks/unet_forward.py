@@ -1,6 +1,6 @@
 """Forward-pass throughput of the full-size IDiff-Face ``ConditionalUNet`` (random weights).
 
-Run from the project root: ``python -m benchmarks.unet_forward``. Times eval-mode forwards at
+Run from the project root: ``python benchmarks/unet_forward.py``. Times eval-mode forwards at
 batch 8 on a 3x32x32 latent with identity contexts: float32 on CPU with 2 threads, and on CUDA
 (when available) float32 plus fp16 and bf16 autocast. Each figure is the median of 3 timed runs
 after one warm-up run. The last line printed is one JSON object with the results.
@@ -14,24 +14,19 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 
 from models.diffusion.unet import ConditionalUNet
+from utils.config import compose
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def build_model(model_config: str) -> ConditionalUNet:
     """Instantiate ``configs/model/<model_config>.yaml`` through the training root config."""
-    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra.compose(config_name="train_config", overrides=[f"model={model_config}"])
-    return instantiate(cfg.model)
+    return instantiate(compose("train_config", [f"model={model_config}"]).model)
 
 
 def time_forward(

@@ -78,12 +78,16 @@ class DenoisingDiffusionProbabilisticModel(nn.Module):
         x_t = self.q_sample(x0, t, eps)
         return self.criterion(eps, self.eps_model(x_t, t, context, dropout_mask))
 
-    def sampler(self, name: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> DDPMSampler | DDIMSampler:
-        """``ddpm`` (the original, all T steps) or ``ddim`` with ``steps`` steps (default T) and ``eta``."""
+    def sampler(self, name: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+                clip_x0: float | None = None) -> DDPMSampler | DDIMSampler:
+        """``ddpm`` (the original, all T steps) or ``ddim`` with ``steps`` steps (default T) and ``eta``.
+
+        ``clip_x0``: clip the x0 estimate to [-clip_x0, clip_x0] each step (pixel space: 1.0); None = the original.
+        """
         if name == "ddpm":
-            return DDPMSampler.from_model(self)
+            return DDPMSampler.from_model(self, clip_x0)
         if name == "ddim":
-            return DDIMSampler.from_model(self, steps or self.T, eta)
+            return DDIMSampler.from_model(self, steps or self.T, eta, clip_x0)
         raise ValueError(f"unknown sampler {name!r}; expected 'ddpm' or 'ddim'")
 
     @torch.no_grad()
@@ -100,6 +104,7 @@ class DenoisingDiffusionProbabilisticModel(nn.Module):
         generators: Sequence[torch.Generator] | None = None,
         amp_dtype: torch.dtype | None = None,
         progress: bool = False,
+        clip_x0: float | None = None,
     ) -> torch.Tensor:
         """Draw ``n_samples`` samples of shape ``size`` (C, H, W) on the device of the buffers.
 
@@ -108,6 +113,7 @@ class DenoisingDiffusionProbabilisticModel(nn.Module):
             generators: one CPU generator per sample for x_T and every noise draw
                 (reproducible regardless of batch composition); default: the global RNG.
             amp_dtype: run the eps model under autocast with this dtype (e.g. torch.float16 on CUDA).
+            clip_x0: clip the x0 estimate to [-clip_x0, clip_x0] each step (pixel space: 1.0); None = the original.
         Returns:
             x_0 (n_samples, *size) float32.
         """
@@ -125,7 +131,7 @@ class DenoisingDiffusionProbabilisticModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return sample_loop(eps_fn, self.sampler(sampler, steps, eta), x_T, noise_fn, progress=progress)
+            return sample_loop(eps_fn, self.sampler(sampler, steps, eta, clip_x0), x_T, noise_fn, progress=progress)
         finally:
             self.train(was_training)
 

@@ -169,8 +169,11 @@ def sample_images(
     guidance_scale: float = 1.0,
     micro_batch: int = 8,
     amp_dtype: torch.dtype | None = None,
+    clip_x0: float | None = None,
 ) -> np.ndarray:
     """Sample and decode one image per row of ``context`` (B, D), row b seeded by ``seeds[b]``.
+
+    ``clip_x0``: see :mod:`diffusion.samplers` (1.0 for pixel-space models, None for latents).
 
     Returns:
         (B, H, W, 3) uint8 images.
@@ -185,7 +188,7 @@ def sample_images(
             return guided_eps(eps_model, x_t, t, context, guidance_scale)
 
     x_T = per_sample_noise(generators, model.latent_size, device)
-    x_0 = sample_loop(eps_fn, model.diffusion.sampler(sampler, steps, eta), x_T,
+    x_0 = sample_loop(eps_fn, model.diffusion.sampler(sampler, steps, eta, clip_x0), x_T,
                       lambda x: per_sample_noise(generators, model.latent_size, device))
     if model.decoder is not None:
         x_0 = MicroBatched(model.decoder, micro_batch)(x_0)
@@ -258,6 +261,7 @@ def generate_dataset(
     output: str = "block",
     shard: tuple[int, int] = (0, 1),
     amp_dtype: torch.dtype | None = None,
+    clip_x0: float | None = None,
 ) -> GenerationSummary:
     """Sample ``n_images`` per identity for this shard's identities and write them to ``out_dir``.
 
@@ -287,7 +291,8 @@ def generate_dataset(
             batch = work[start : start + batch_size]
             context = torch.from_numpy(np.stack([contexts[i] for i, _ in batch]))
             seeds = [image_seed(seed, names[i], k) for i, k in batch]
-            images = sample_images(model, context, seeds, sampler, steps, eta, guidance_scale, micro_batch, amp_dtype)
+            images = sample_images(model, context, seeds, sampler, steps, eta, guidance_scale, micro_batch, amp_dtype,
+                                   clip_x0)
             for (i, _), image in zip(batch, images):
                 buffers.setdefault(i, []).append(image)
                 if len(buffers[i]) == n_images:
@@ -340,5 +345,5 @@ def sample_from_config(cfg: DictConfig) -> GenerationSummary:
         model, contexts.names[:n_contexts], contexts.embeddings[:n_contexts], out_dir, int(s.n_samples_per_context),
         seed=int(s.seed), batch_size=int(s.batch_size), micro_batch=int(s.micro_batch), sampler=s.sampler,
         steps=s.steps, eta=float(s.eta), guidance_scale=float(s.guidance_scale), output=s.output, shard=shard,
-        amp_dtype=AMP_DTYPES[s.amp],
+        amp_dtype=AMP_DTYPES[s.amp], clip_x0=s.clip_x0,
     )

@@ -4,8 +4,12 @@ A sampler holds only schedule arrays and the timesteps it visits; the caller run
 model and loops ``x = sampler.step(eps, t, x, noise)``. Nothing here picks a device.
 
 * :class:`DDPMSampler`: the original's ancestral update (Algorithm 2 of Ho et al. with
-  sigma^2 = beta, no x0 clipping, noise only for t > 1, exactly as IDiff-Face does).
+  sigma^2 = beta, noise only for t > 1, exactly as IDiff-Face does).
 * :class:`DDIMSampler`: Song et al.'s DDIM over any subsequence of the schedule, with eta.
+* Both take ``clip_x0``: ``None`` (the original, right for VQ latents, which have no fixed range) or
+  ``c`` to clip the model's estimate of x0 to [-c, c] before each step (Ho et al.'s ``clip_denoised``;
+  use 1.0 for pixel-space models, whose estimate ``x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` is
+  amplified up to ``1 / sqrt(a_T)`` times at high noise and otherwise drifts off the image range).
 * :func:`guided_eps`: classifier-free guidance, the empty context being the unconditional branch.
 """
 from __future__ import annotations
@@ -20,24 +24,45 @@ from tqdm import tqdm
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def clip_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, clip_x0: float | None) -> torch.Tensor:
+    """The eps for which x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) equals its clip to [-clip_x0, clip_x0].
+
+    A sampler's update written in eps with this eps is its update written in the clipped x0.
+    ``clip_x0=None`` returns ``eps`` unchanged.
+    """
+    if clip_x0 is None:
+        return eps
+    if clip_x0 <= 0:
+        raise ValueError(f"clip_x0 must be > 0 or None, got {clip_x0}")
+    x0 = ((x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).clamp(-clip_x0, clip_x0)
+    return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
 class DDPMSampler:
     """Ancestral sampling with the original's update, visiting t = T-1, ..., 0.
 
     ``x_{t-1} = sqrt_alphas_inv[t] * (x_t - eps * one_minus_alphas_over_sqrt_one_minus_alpha_bars[t]) + sigmas[t] * z``
     with ``z ~ N(0, I)`` for ``t > 1`` and ``z = 0`` for ``t <= 1``: IDiff-Face leaves the last
     *two* steps noise-free, and we keep that so published checkpoints give the same samples.
+    With ``clip_x0`` the mean is the posterior mean of q(x_{t-1} | x_t, x0) at the clipped x0
+    (``alpha_bars`` is then required).
     """
 
     def __init__(self, sqrt_alphas_inv: torch.Tensor, one_minus_alphas_over_sqrt_one_minus_alpha_bars: torch.Tensor,
-                 sigmas: torch.Tensor) -> None:
+                 sigmas: torch.Tensor, alpha_bars: torch.Tensor | None = None, clip_x0: float | None = None) -> None:
+        if clip_x0 is not None and alpha_bars is None:
+            raise ValueError("DDPMSampler with clip_x0 needs alpha_bars")
         self.sqrt_alphas_inv = sqrt_alphas_inv
         self.coef_eps = one_minus_alphas_over_sqrt_one_minus_alpha_bars
         self.sigmas = sigmas
+        self.alpha_bars = alpha_bars
+        self.clip_x0 = clip_x0
         self.timesteps = list(range(len(sigmas) - 1, -1, -1))
 
     @classmethod
-    def from_model(cls, ddpm: nn.Module) -> DDPMSampler:
-        return cls(ddpm.sqrt_alphas_inv, ddpm.one_minus_alphas_over_sqrt_one_minus_alpha_bars, ddpm.sigmas)
+    def from_model(cls, ddpm: nn.Module, clip_x0: float | None = None) -> DDPMSampler:
+        return cls(ddpm.sqrt_alphas_inv, ddpm.one_minus_alphas_over_sqrt_one_minus_alpha_bars, ddpm.sigmas,
+                   ddpm.alpha_bars, clip_x0)
 
     @staticmethod
     def needs_noise(t: int) -> bool:
@@ -46,6 +71,8 @@ class DDPMSampler:
 
     def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One reverse step. ``eps``, ``x_t``, ``noise``: (B, C, H, W); ``noise`` is required when ``needs_noise(t)``."""
+        if self.clip_x0 is not None:
+            eps = clip_eps(eps, x_t, self.alpha_bars[t], self.clip_x0)
         x_prev = self.sqrt_alphas_inv[t] * (x_t - eps * self.coef_eps[t])
         if self.needs_noise(t):
             if noise is None:
@@ -68,19 +95,21 @@ class DDIMSampler:
     ``x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``;
     ``sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)`` (eq. 16), where
     ``a`` is alpha_bar and ``a_prev = 1`` after the last step. ``eta = 0`` is deterministic.
+    With ``clip_x0``, x0 is clipped to [-clip_x0, clip_x0] and eps recomputed from it.
     """
 
-    def __init__(self, alpha_bars: torch.Tensor, n_steps: int, eta: float = 0.0) -> None:
+    def __init__(self, alpha_bars: torch.Tensor, n_steps: int, eta: float = 0.0, clip_x0: float | None = None) -> None:
         if eta < 0:
             raise ValueError(f"DDIM eta must be >= 0, got {eta}")
         self.alpha_bars = alpha_bars
         self.eta = float(eta)
+        self.clip_x0 = clip_x0
         self.timesteps = ddim_timesteps(len(alpha_bars), n_steps)
         self._prev = dict(zip(self.timesteps, self.timesteps[1:] + [-1]))
 
     @classmethod
-    def from_model(cls, ddpm: nn.Module, n_steps: int, eta: float = 0.0) -> DDIMSampler:
-        return cls(ddpm.alpha_bars, n_steps, eta)
+    def from_model(cls, ddpm: nn.Module, n_steps: int, eta: float = 0.0, clip_x0: float | None = None) -> DDIMSampler:
+        return cls(ddpm.alpha_bars, n_steps, eta, clip_x0)
 
     def needs_noise(self, t: int) -> bool:
         return self.eta > 0 and self._prev[t] >= 0
@@ -90,6 +119,7 @@ class DDIMSampler:
         prev = self._prev[t]
         a_t = self.alpha_bars[t]
         a_prev = self.alpha_bars[prev] if prev >= 0 else torch.ones_like(a_t)
+        eps = clip_eps(eps, x_t, a_t, self.clip_x0)
         x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         sigma = self.eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps

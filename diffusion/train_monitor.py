@@ -84,6 +84,7 @@ def save_sample_grid(
     steps: int = 25,
     seed: int = 0,
     amp_dtype: torch.dtype | None = None,
+    clip_x0: float | None = None,
 ) -> Path:
     """Write a grid of samples of ``model`` (usually the EMA copy) to ``path``.
 
@@ -97,6 +98,7 @@ def save_sample_grid(
         contexts: (n, D) identity embeddings of ``real_images``, or None for an unconditional model.
         real_images: (n, 3, H, W) in [-1, 1].
         decoder: VQ decoder for latent diffusion (samples are decoded in chunks of n), else None.
+        clip_x0: clip the x0 estimate each step (pixel space: 1.0; None for latents, as the original).
     """
     n = real_images.shape[0]
     device = model.betas.device
@@ -110,7 +112,8 @@ def save_sample_grid(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for b, context in enumerate(blocks):
             x = model.sample(n, size, context=None if context is None else context.to(device), sampler=sampler,
-                             steps=steps, generators=_generators(seed + b, n), amp_dtype=amp_dtype)
+                             steps=steps, generators=_generators(seed + b, n), amp_dtype=amp_dtype,
+                             clip_x0=clip_x0)
             if decoder is not None:
                 x = decoder(x.to(next(decoder.parameters()).device))
             rows.append(x.float().cpu())

@@ -260,6 +260,6 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
         if ctx.is_main and (global_step % int(tcfg.steps_between_sampling) == 0 or global_step == steps):
             save_sample_grid(ema.averaged_model, run_dir / "samples" / f"sample_{global_step:06d}.png", size,
                              vis_contexts, vis_images, decoder, tcfg.sampling.sampler, int(tcfg.sampling.steps),
-                             seed, amp_dtype)
+                             seed, amp_dtype, tcfg.sampling.clip_x0)
     logger.info("finished %d steps; run folder %s", steps, run_dir)
     return run_dir

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 #: The project's config tree (``configs/`` beside the packages).
@@ -14,7 +15,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with command-line style ``overrides``, outside ``@hydra.main``."""
+    """Compose ``configs/<config_name>.yaml`` with command-line style ``overrides``.
+
+    Works outside ``@hydra.main`` (tests, notebooks) and inside it (a script composing a second
+    config, as ``demo.py`` does), where Hydra is already initialised on the same config folder.
+    """
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 

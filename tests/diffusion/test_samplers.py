@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
-from diffusion.samplers import DDIMSampler, ddim_timesteps, guided_eps, sample_loop
+from diffusion.samplers import DDIMSampler, DDPMSampler, ddim_timesteps, guided_eps, sample_loop
 
 
 class PointMassEps(nn.Module):
@@ -97,3 +97,51 @@ def test_cfg_scales():
     assert torch.equal(guided_eps(model, x, t, ctx, 1.0), cond)
     assert torch.equal(guided_eps(model, x, t, ctx, 0.0), uncond)
     torch.testing.assert_close(guided_eps(model, x, t, ctx, 3.0), uncond + 3.0 * (cond - uncond))
+
+
+def test_clip_x0_none_is_the_original_update():
+    """clip_x0=None leaves both samplers bitwise unchanged, even for an eps far off the data range."""
+    ddpm = DenoisingDiffusionProbabilisticModel(nn.Identity(), T=1000)
+    x, eps = torch.randn(2, 3, 4, 4) * 3, torch.randn(2, 3, 4, 4) * 5
+    noise = torch.randn_like(x)
+    for t in (999, 500, 2, 0):
+        plain = DDPMSampler.from_model(ddpm).step(eps, t, x, noise)
+        manual = ddpm.sqrt_alphas_inv[t] * (x - eps * ddpm.one_minus_alphas_over_sqrt_one_minus_alpha_bars[t])
+        if t > 1:
+            manual = manual + ddpm.sigmas[t] * noise
+        assert torch.equal(plain, manual)
+
+
+@pytest.mark.parametrize("t", [999, 600, 50, 2])
+def test_ddpm_clip_x0_is_posterior_mean_at_clipped_x0(t):
+    """With clip_x0 the DDPM mean is q(x_{t-1} | x_t, x0)'s mean, eq. 7 of Ho et al., at x0 clipped to [-1, 1]."""
+    betas = DenoisingDiffusionProbabilisticModel(nn.Identity(), T=1000).betas.double()
+    alpha_bars = torch.cumprod(1 - betas, 0)  # a float64 schedule, so the closed form holds to rounding
+    sampler = DDPMSampler((1 - betas).rsqrt(), betas / (1 - alpha_bars).sqrt(), betas.sqrt(), alpha_bars, clip_x0=1.0)
+    x_t = torch.randn(2, 3, 4, 4, dtype=torch.float64) * 2
+    eps = torch.randn_like(x_t) * 3
+    noise = torch.randn_like(x_t)
+    out = sampler.step(eps, t, x_t, noise)
+    beta, a_t, a_prev = betas[t], alpha_bars[t], alpha_bars[t - 1]
+    x0 = ((x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+    assert (x0.abs() == 1).any(), "the test must exercise the clip"
+    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
+    torch.testing.assert_close(out, mean + beta.sqrt() * noise, atol=1e-9, rtol=1e-9)
+    sampler.clip_x0 = None
+    assert (out - sampler.step(eps, t, x_t, noise)).abs().max() > 1e-3
+
+
+def test_ddim_clip_x0_keeps_samples_in_range():
+    """An eps model that drives x0 far off the range: clipped DDIM ends inside [-1, 1], unclipped does not."""
+    ddpm = DenoisingDiffusionProbabilisticModel(nn.Identity(), T=1000)
+    wild = lambda x, t: -3.0 * torch.ones_like(x)  # noqa: E731  (x0 estimate >> 1)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    clipped = sample_loop(wild, ddpm.sampler("ddim", 20, clip_x0=1.0), x_T)
+    plain = sample_loop(wild, ddpm.sampler("ddim", 20), x_T)
+    assert clipped.abs().max() <= 1.0 + 1e-5
+    assert plain.abs().max() > 10
+    last = DDIMSampler(ddpm.alpha_bars, 20, clip_x0=0.5)
+    x = torch.randn(1, 3, 4, 4) * 4
+    torch.testing.assert_close(last.step(torch.zeros_like(x), 0, x), (x / ddpm.alpha_bars[0].sqrt()).clamp(-0.5, 0.5))
+    with pytest.raises(ValueError, match="clip_x0 must be > 0"):
+        DDIMSampler(ddpm.alpha_bars, 20, clip_x0=-1.0).step(torch.zeros_like(x), 999, x)

@@ -187,7 +187,7 @@ def write_report(
          "different people score about 0.8 (compare with the real-photo references above)."),
         "",
         ("Samples are drawn with DDIM in pixel space with the x0 estimate clipped to [-1, 1] "
-         "(utils/demo/sampling.py). Samples carry colour casts: most likely because the small UNet has 32 channels, "
+         "(sampling.clip_x0=1.0). Samples carry colour casts: most likely because the small UNet has 32 channels, "
          "so its GroupNorm(32) normalises each channel alone and it cannot predict the mean colour of the noise."),
         "",
         "## Time per stage",

@@ -8,18 +8,16 @@ takes the :class:`DemoRun` and the results of the earlier stages and returns a J
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra import compose as hydra_compose
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from diffusion.generation import generate_dataset, samples_dir
+from diffusion.generation import sample_from_config, samples_dir
 from diffusion.train_state import OPTIMIZATION_FILE
 from diffusion.training import train
 from encode import encode
@@ -27,10 +25,9 @@ from evaluate import evaluate
 from extract_face_embeddings_from_dir import extract_embeddings
 from utils.alignment import FaceAligner
 from utils.checkpoint import torch_load
-from utils.config import compose, resolve_device
-from utils.contexts import contexts_from_config, load_contexts
+from utils.config import compose
+from utils.contexts import contexts_from_config
 from utils.demo.data import Augmentation, build_training_images, list_photos, person_centres, person_of
-from utils.demo.sampling import load_pixel_model
 from utils.embeddings import load_embeddings, save_embeddings
 from utils.face_dataset import align_from_config, split_identities
 from utils.identity_blocks import discover_identities, read_identity, write_block
@@ -90,13 +87,6 @@ OUTPUTS = {
 }
 
 
-def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``configs/<name>.yaml``; works inside ``@hydra.main`` (``demo.py``) and outside it (tests)."""
-    if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name=name, overrides=list(overrides))
-    return compose(name, overrides)
-
-
 def stage_embed(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """Build the augmented training set and embed it and the original photos with dlib (``photo`` input)."""
     d = run.cfg.demo
@@ -107,7 +97,7 @@ def stage_embed(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     backend = ["~fr_backend", "+fr_backend={name:dlib,input:photo}", "num_workers=0", f"device={run.device}"]
     for folder, output in ((run.path("train_images"), "train_embeddings"), (Path(d.faces_dir), "real_embeddings")):
         if not run.path(output).is_file():
-            extract_embeddings(compose_config("extract_embeddings_config",
+            extract_embeddings(compose("extract_embeddings_config",
                                               [*backend, f"input_dir={folder}", f"output_file={run.path(output)}"]))
     real = load_embeddings(run.path("real_embeddings"))
     people = person_centres(real)
@@ -151,13 +141,13 @@ def stage_train(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
         f"training.checkpoint.restore={source if source is not None else 'false'}",
         f"training.checkpoint.path={run_dir if source == 'true' else 'null'}",
     ]
-    train(compose_config("train_config", overrides), run_dir=run_dir)
+    train(compose("train_config", overrides), run_dir=run_dir)
     return {"run_dir": str(run_dir), "start_step": start, "end_step": target}
 
 
 def stage_contexts(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """Authentic contexts: one per person, the mean dlib embedding of that person's photos."""
-    _, npz = contexts_from_config(compose_config("contexts_config", [
+    _, npz = contexts_from_config(compose("contexts_config", [
         f"device={run.device}", "contexts.source=authentic", f"contexts.embeddings_file={run.path('people')}",
         "contexts.n=null", f"contexts.out_dir={run.path('contexts')}", f"contexts.name={CONTEXTS_NAME}",
     ]))
@@ -166,11 +156,12 @@ def stage_contexts(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
 
 def _sample_config(run: DemoRun, results: Mapping[str, dict]) -> DictConfig:
     p = run.profile
-    return compose_config("sample_config", [
+    return compose("sample_config", [
         f"device={run.device}", f"checkpoint.path={results['train']['run_dir']}", "checkpoint.which=ema",
         f"sampling.contexts_file={results['contexts']['contexts_file']}", "sampling.n_contexts=null",
         f"sampling.n_samples_per_context={int(p.samples_per_identity)}", f"sampling.seed={run.seed}",
         "sampling.sampler=ddim", f"sampling.steps={int(p.ddim_steps)}", f"sampling.eta={float(run.cfg.demo.sampling.eta)}",
+        f"sampling.clip_x0={float(run.cfg.demo.sampling.clip_x0)}",
         f"sampling.batch_size={int(p.sample_batch)}",
         f"sampling.micro_batch={int(p.sample_batch)}", f"sampling.out_dir={run.path('samples')}",
     ])
@@ -179,19 +170,11 @@ def _sample_config(run: DemoRun, results: Mapping[str, dict]) -> DictConfig:
 def stage_sample(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """Sample ``samples_per_identity`` images per context (DDIM, seeded per image) as identity blocks.
 
-    The settings are sample.py's; the model is loaded with x0 clipping (:mod:`utils.demo.sampling`).
+    This is ``python sample.py`` with the demo's overrides, x0 clipped to [-1, 1] (pixel space).
     """
     cfg = _sample_config(run, results)
-    s = cfg.sampling
-    model = load_pixel_model(cfg.checkpoint.path, cfg.checkpoint.which, resolve_device(cfg.device))
-    contexts = load_contexts(s.contexts_file)
-    out_dir = samples_dir(cfg)
-    summary = generate_dataset(
-        model, contexts.names, contexts.embeddings, out_dir, int(s.n_samples_per_context), seed=int(s.seed),
-        batch_size=int(s.batch_size), micro_batch=int(s.micro_batch), sampler=s.sampler, steps=s.steps,
-        eta=float(s.eta), output=s.output,
-    )
-    return {"samples_dir": str(out_dir), "images": summary.images}
+    summary = sample_from_config(cfg)
+    return {"samples_dir": str(samples_dir(cfg)), "images": summary.images}
 
 
 def upscale_blocks(input_dir: Path, output_dir: Path, size: int) -> int:
@@ -215,7 +198,7 @@ def stage_align(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """Enlarge the samples, then align them to 112x112 ArcFace crops with MTCNN (tiles without a face are dropped)."""
     a = run.cfg.demo.alignment
     tiles = upscale_blocks(Path(results["sample"]["samples_dir"]), run.path("upscaled"), int(a.upscale_to))
-    report = align_from_config(compose_config("align_config", [
+    report = align_from_config(compose("align_config", [
         f"device={run.device}", f"align.input_dir={run.path('upscaled')}", f"align.output_dir={run.path('aligned')}",
         f"align.just_resize_if_fail={str(bool(a.just_resize_if_fail)).lower()}", f"align.min_face_size={int(a.min_face_size)}",
     ]))
@@ -237,7 +220,7 @@ def stage_split(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
 
 def stage_encode(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """dlib embeddings (128-d) of the aligned generated faces, labelled by identity."""
-    out = encode(compose_config("encode_config", [
+    out = encode(compose("encode_config", [
         f"device={run.device}", f"encode.input={run.path('dataset')}", f"encode.output={run.path('generated_embeddings')}",
         "fr_backend.name=dlib", "fr_backend.dlib.input=arcface_crop",
     ]))
@@ -266,7 +249,7 @@ def _identity_match(generated_file: Path, people_file: Path) -> float:
 def stage_evaluate(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     """evaluate.py on the generated set (leakage against the real photos), plus two demo-specific numbers."""
     t = float(run.cfg.demo.fr_threshold)
-    report = evaluate(compose_config("evaluate_config", [
+    report = evaluate(compose("evaluate_config", [
         f"evaluate.synthetic={run.path('generated_embeddings')}", f"evaluate.real={run.path('real_embeddings')}",
         f"evaluate.output_dir={run.path('evaluation')}", "evaluate.impostor_pairs=null", f"evaluate.seed={run.seed}",
         f"evaluate.thresholds.uniqueness={t}", f"evaluate.thresholds.consistency={t}", f"evaluate.thresholds.leakage={t}",
