@@ -20,12 +20,14 @@ in float32 (autocast disabled), because ``s = 64`` amplifies half-precision roun
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MarginHead(nn.Module):
+class MarginHead(nn.Module, ABC):
     """Base class: normalised class centres and the cosine matrix; subclasses set the target logit.
 
     Args:
@@ -60,9 +62,9 @@ class MarginHead(nn.Module):
         """Per-sample margins (B,): the constant ``m`` here, random in the ElasticFace heads."""
         return torch.full((batch_size,), self.m, device=device)
 
+    @abstractmethod
     def target_logit(self, cos_target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """Unscaled target logit (B,) from the target cosines (B,) and margins (B,)."""
-        raise NotImplementedError(f"{type(self).__name__} must define target_logit (use CosFace, ArcFace, ...)")
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) for embeddings (B, D) (any norm) and integer labels (B,) in [0, C)."""
