@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from evaluate import evaluate_sets
+from utils.evaluation import evaluate_sets
 from utils.embeddings import EmbeddingSet
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encode import encode, encode_dataset
-from evaluate import evaluate, evaluate_sets
-from evaluate_lfw import evaluate_lfw_set, read_lfw_pairs
 from utils.config import compose
 from utils.embeddings import EmbeddingSet, load_embeddings, save_embeddings
+from utils.encoding import encode, encode_dataset
+from utils.evaluation import evaluate, evaluate_lfw_set, evaluate_sets, read_lfw_pairs
 from utils.fr_backends import FaceEmbedder
 from utils.identity_blocks import write_block
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_face_embeddings_from_dir import extract_embeddings
+from utils.encoding import extract_embeddings
 from models.iresnet import iresnet18
 from utils.config import compose
 from utils.embeddings import load_embeddings
@@ -38,7 +38,7 @@ def folder(tmp_path: Path) -> Path:
 
 def overrides(tmp_path: Path, output: str) -> list[str]:
     return [f"input_dir={tmp_path / 'faces'}", f"output_file={tmp_path / output}", "device=cpu", "batch_size=2",
-            "num_workers=0", f"fr_backend.weights={tmp_path / 'r18.pth'}", "fr_backend.arch=iresnet18"]
+            "num_workers=0", f"fr_backend.iresnet.weights={tmp_path / 'r18.pth'}", "fr_backend.iresnet.arch=iresnet18"]
 
 
 @pytest.mark.parametrize("output", ["emb.npz", "emb.pt"])

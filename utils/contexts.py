@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from utils.checkpoint import save_atomic
@@ -148,7 +148,7 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
         if folder is None or not folder.is_dir():
             raise ValueError(f"contexts.source=from_images needs contexts.images_dir to be a folder of images, found {folder}")
         paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
-        backend = build_backend(OmegaConf.to_container(c.fr_backend, resolve=True), device=cfg.device)
+        backend = build_backend(c.fr_backend, device=cfg.device)
         contexts = from_images(paths[:n], backend.embed, backend.batch_size)
     else:
         raise ValueError(f"contexts.source must be synthetic_uniform, authentic or from_images, found {c.source!r}")

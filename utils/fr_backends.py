@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from utils.alignment import ARCFACE_TEMPLATE, FaceAligner, warp_to_template
 from utils.config import resolve_device
@@ -204,19 +205,34 @@ class DlibBackend(FaceEmbedder):
         return np.asarray(self.net.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), 128)
 
 
+BACKENDS: dict[str, type[FaceEmbedder]] = {"iresnet": IResNetBackend, "dlib": DlibBackend}
+
+
+def backend_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name, **constructor arguments}`` of the chosen backend from a flat or a sectioned mapping.
+
+    Flat: ``{"name": "dlib", "input": "photo"}``. Sectioned (``configs/fr_backend/default.yaml``):
+    ``{"name": "dlib", "batch_size": 64, "iresnet": {...}, "dlib": {"input": "photo"}}``: the
+    section of ``name`` is merged in and the other sections are dropped.
+    """
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    name = cfg.get("name")
+    if name not in BACKENDS:
+        raise ValueError(f"fr_backend.name={name!r} is unknown; expected one of {sorted(BACKENDS)}")
+    section = cfg.get(name) or {}
+    return {**{k: v for k, v in cfg.items() if k not in BACKENDS}, **section}
+
+
 def build_backend(cfg: Mapping[str, Any], device: str | torch.device = "auto") -> FaceEmbedder:
-    """Build a backend from a config mapping ``{name: iresnet | dlib, ...constructor arguments}``.
+    """Build a backend from a flat or sectioned config mapping (see :func:`backend_settings`).
 
     Example: ``{"name": "iresnet", "weights": "weights/Elastic_R100_295672backbone.pth",
     "arch": "iresnet100", "batch_size": 64}`` or ``{"name": "dlib", "input": "arcface_crop"}``.
     ``device`` comes from the script's top-level ``device`` setting.
     """
-    kwargs = dict(cfg)
-    name = kwargs.pop("name", None)
-    backends: dict[str, type[FaceEmbedder]] = {"iresnet": IResNetBackend, "dlib": DlibBackend}
-    if name not in backends:
-        raise ValueError(f"fr.name={name!r} is unknown; expected one of {sorted(backends)}")
+    kwargs = backend_settings(cfg)
+    name = kwargs.pop("name")
     try:
-        return backends[name](**kwargs, device=device)
+        return BACKENDS[name](**kwargs, device=device)
     except TypeError as err:
         raise ValueError(f"fr config for {name!r} has an unexpected key ({err}); given keys {sorted(kwargs)}") from None

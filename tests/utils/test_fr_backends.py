@@ -14,7 +14,8 @@ import torch
 
 from models.iresnet import iresnet18
 from utils.alignment import FaceAligner
-from utils.fr_backends import DlibBackend, IResNetBackend, build_backend
+from utils.config import compose
+from utils.fr_backends import DlibBackend, IResNetBackend, backend_settings, build_backend
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,23 @@ def test_iresnet_backend_unit_norm_batching_resize_and_flip(iresnet_weights: Pat
 def test_build_backend_errors(iresnet_weights: Path) -> None:
     backend = build_backend({"name": "iresnet", "weights": str(iresnet_weights), "arch": "iresnet18"}, device="cpu")
     assert isinstance(backend, IResNetBackend) and backend.embedding_dim == 512
-    with pytest.raises(ValueError, match="fr.name='facenet' is unknown"):
+    with pytest.raises(ValueError, match="fr_backend.name='facenet' is unknown"):
         build_backend({"name": "facenet"})
     with pytest.raises(ValueError, match="unexpected key"):
         build_backend({"name": "dlib", "weights": "x"}, device="cpu")
+
+
+def test_backend_settings_from_the_config_group(iresnet_weights: Path) -> None:
+    """configs/fr_backend/default.yaml: the named section is used, the other one ignored."""
+    cfg = compose("encode_config", ["fr_backend.name=iresnet", f"fr_backend.iresnet.weights={iresnet_weights}",
+                                    "fr_backend.iresnet.arch=iresnet18", "fr_backend.batch_size=4"])
+    assert backend_settings(cfg.fr_backend) == {"name": "iresnet", "batch_size": 4, "weights": str(iresnet_weights),
+                                                "arch": "iresnet18", "num_features": 512}
+    backend = build_backend(cfg.fr_backend, device="cpu")
+    assert isinstance(backend, IResNetBackend) and backend.batch_size == 4
+    dlib = compose("contexts_config", ["contexts.fr_backend.name=dlib", "contexts.fr_backend.dlib.input=photo"])
+    assert backend_settings(dlib.contexts.fr_backend) == {"name": "dlib", "batch_size": 64, "input": "photo",
+                                                          "min_face_size": 20}
 
 
 @pytest.fixture(scope="session")

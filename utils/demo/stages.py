@@ -20,15 +20,14 @@ from PIL import Image
 from diffusion.generation import sample_from_config, samples_dir
 from diffusion.train_state import OPTIMIZATION_FILE
 from diffusion.training import train
-from encode import encode
-from evaluate import evaluate
-from extract_face_embeddings_from_dir import extract_embeddings
 from utils.alignment import FaceAligner
 from utils.checkpoint import torch_load
 from utils.config import compose
 from utils.contexts import contexts_from_config
 from utils.demo.data import Augmentation, build_training_images, list_photos, person_centres, person_of
 from utils.embeddings import load_embeddings, save_embeddings
+from utils.encoding import encode, extract_embeddings
+from utils.evaluation import evaluate
 from utils.face_dataset import align_from_config, split_identities
 from utils.identity_blocks import discover_identities, read_identity, write_block
 
@@ -94,7 +93,7 @@ def stage_embed(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     aug = Augmentation(**OmegaConf.to_container(d.augmentation.framing, resolve=True))
     aligner = FaceAligner(device=run.device)
     build_training_images(photos, run.path("train_images"), aligner, int(d.augmentation.copies_per_photo), aug, run.seed)
-    backend = ["~fr_backend", "+fr_backend={name:dlib,input:photo}", "num_workers=0", f"device={run.device}"]
+    backend = ["fr_backend.name=dlib", "fr_backend.dlib.input=photo", "num_workers=0", f"device={run.device}"]
     for folder, output in ((run.path("train_images"), "train_embeddings"), (Path(d.faces_dir), "real_embeddings")):
         if not run.path(output).is_file():
             extract_embeddings(compose("extract_embeddings_config",
