@@ -14,14 +14,7 @@ from utils.config import compose
 from utils.embeddings import load_embeddings
 from utils.fr_backends import IResNetBackend
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the shared 2-core test machine makes 2 OpenMP threads much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -25,14 +25,7 @@ from utils.embeddings import save_embeddings
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT_DIM = 16
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's 2 cores are shared: one intra-op thread avoids oversubscription (10x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_face_folder(root: Path, n: int = 32, size: int = 8, seed: int = 0) -> list[str]:

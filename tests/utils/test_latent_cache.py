@@ -18,14 +18,7 @@ DDCONFIG = {"double_z": False, "z_channels": 3, "resolution": 16, "in_channels":
             "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 CPU = DistributedContext(0, 1, 0, torch.device("cpu"))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the shared 2-core test machine makes 2 OpenMP threads much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup(tmp_path: Path, n: int = 10) -> tuple[FaceEmbeddingDataset, VQEncoderInterface, Path]:
