@@ -184,7 +184,8 @@ class SpatialEmbeddingCrossAttentionBlock(nn.Module):
     channels (``d = head_channels``), then group-normed. One ``x_norm`` serves all three sub-layers.
     """
 
-    def __init__(self, in_channels: int, context_dim: int, n_heads: int = 4, head_channels: int = 32) -> None:
+    def __init__(self, in_channels: int, context_dim: int, n_heads: int = 4, head_channels: int = 32,
+                 norm_groups: int = 32) -> None:
         super().__init__()
         n_heads = resolve_heads(in_channels, n_heads, head_channels)
         inner = n_heads * head_channels
@@ -197,7 +198,7 @@ class SpatialEmbeddingCrossAttentionBlock(nn.Module):
         self.cross_attention = MultiHeadAttention(
             inner, key_value_channels=context_dim, n_heads=n_heads, head_channels=head_channels
         )
-        self.x_norm = nn.GroupNorm(32, inner)
+        self.x_norm = nn.GroupNorm(norm_groups, inner)
         self.c_norm = nn.GroupNorm(32, context_dim)
         self.ff = nn.Sequential(nn.Linear(inner, inner * 4), nn.GELU(), nn.Linear(inner * 4, inner))
 
@@ -217,11 +218,11 @@ class SpatialEmbeddingCrossAttentionBlock(nn.Module):
 class SpatialSelfAttentionBlock(nn.Module):
     """``x + Attention(GroupNorm(x))`` over pixels (attention blocks of the AdaGN variant)."""
 
-    def __init__(self, in_channels: int, n_heads: int = 4, head_channels: int = 32) -> None:
+    def __init__(self, in_channels: int, n_heads: int = 4, head_channels: int = 32, norm_groups: int = 32) -> None:
         super().__init__()
         n_heads = resolve_heads(in_channels, n_heads, head_channels)
         self.attention = MultiHeadAttention(in_channels, n_heads=n_heads, head_channels=head_channels)
-        self.norm = nn.GroupNorm(32, in_channels)
+        self.norm = nn.GroupNorm(norm_groups, in_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``x: (B, C, H, W)`` -> same shape; ``c`` is ignored."""
@@ -243,15 +244,17 @@ class ResAttentionBlock(nn.Module):
         has_attention: bool,
         attention_heads: int,
         attention_head_channels: int,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         self.res = ResidualBlock(
-            in_channels, out_channels, time_channels, context_channels, condition_type, is_context_conditional
+            in_channels, out_channels, time_channels, context_channels, condition_type, is_context_conditional,
+            n_groups=norm_groups,
         )
         self.attn = (
             attention_block(
                 out_channels, context_channels, condition_type, is_context_conditional,
-                attention_heads, attention_head_channels,
+                attention_heads, attention_head_channels, norm_groups,
             )
             if has_attention
             else None
@@ -275,15 +278,16 @@ class MiddleBlock(nn.Module):
         is_context_conditional: bool,
         attention_heads: int,
         attention_head_channels: int,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         args = (n_channels, n_channels, time_channels, context_channels, condition_type, is_context_conditional)
-        self.res1 = ResidualBlock(*args)
+        self.res1 = ResidualBlock(*args, n_groups=norm_groups)
         self.attn = attention_block(
             n_channels, context_channels, condition_type, is_context_conditional,
-            attention_heads, attention_head_channels,
+            attention_heads, attention_head_channels, norm_groups,
         )
-        self.res2 = ResidualBlock(*args)
+        self.res2 = ResidualBlock(*args, n_groups=norm_groups)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """``x: (B, C, H, W)`` -> same shape."""
@@ -297,13 +301,16 @@ def attention_block(
     is_context_conditional: bool,
     attention_heads: int,
     attention_head_channels: int,
+    norm_groups: int = 32,
 ) -> nn.Module:
     """Cross-attention block for conditional ``"CA"`` models, plain self-attention otherwise."""
     if condition_type == "CA" and is_context_conditional:
         return SpatialEmbeddingCrossAttentionBlock(
-            channels, context_channels, n_heads=attention_heads, head_channels=attention_head_channels
+            channels, context_channels, n_heads=attention_heads, head_channels=attention_head_channels,
+            norm_groups=norm_groups,
         )
-    return SpatialSelfAttentionBlock(channels, n_heads=attention_heads, head_channels=attention_head_channels)
+    return SpatialSelfAttentionBlock(channels, n_heads=attention_heads, head_channels=attention_head_channels,
+                                     norm_groups=norm_groups)
 
 
 class Downsample(nn.Module):

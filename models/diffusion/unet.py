@@ -51,7 +51,10 @@ class ConditionalUNet(nn.Module):
         context_dropout_probability: CPD rate, element-wise dropout on the projected context.
         use_checkpoint: gradient checkpointing of each block while training (saves memory; the
             forward result is unchanged).
-        dropout: dropout rate inside the residual blocks (0 in IDiff-Face).
+        norm_groups: GroupNorm groups of the feature maps (32 in the original, not a parameter
+            there). Small models want widths of at least 4 x norm_groups: with one channel per
+            group every norm removes each channel's spatial mean, so the network cannot see or
+            predict the mean colour of x_t and pixel-space samples get colour casts.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ConditionalUNet(nn.Module):
         learn_empty_context: bool = False,
         context_dropout_probability: float = 0.0,
         use_checkpoint: bool = False,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         if condition_type not in CONDITION_TYPES:
@@ -105,7 +109,7 @@ class ConditionalUNet(nn.Module):
         def block(c_in: int, c_out: int, level: int) -> ResAttentionBlock:
             return ResAttentionBlock(
                 c_in, c_out, time_channels, context_channels, condition_type, is_context_conditional,
-                is_attention[level], attention_heads, attention_head_channels,
+                is_attention[level], attention_heads, attention_head_channels, norm_groups,
             )
 
         n_levels = len(channel_multipliers)
@@ -122,7 +126,7 @@ class ConditionalUNet(nn.Module):
 
         self.middle = MiddleBlock(
             channels, time_channels, context_channels, condition_type, is_context_conditional,
-            attention_heads, attention_head_channels,
+            attention_heads, attention_head_channels, norm_groups,
         )
 
         up: list[nn.Module] = []
@@ -136,7 +140,7 @@ class ConditionalUNet(nn.Module):
                 up.append(Upsample(channels))
         self.up = nn.ModuleList(up)
 
-        self.norm = nn.GroupNorm(32, initial_channels)
+        self.norm = nn.GroupNorm(norm_groups, initial_channels)
         self.final = zero_init_(nn.Conv2d(channels, input_channels, kernel_size=3, padding=1))
 
     def embed_context(

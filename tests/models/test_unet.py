@@ -153,3 +153,18 @@ def test_adagn_forward_shape() -> None:
     x_t, t, context = small_inputs()
     with torch.no_grad():
         assert model(x_t, t, context).shape == x_t.shape
+
+
+@pytest.mark.parametrize("condition_type", ["CA", "AdaGN"])
+def test_norm_groups_changes_only_the_grouping(condition_type: str) -> None:
+    """norm_groups sets every GroupNorm of the feature maps; the state dict is the same, so weights load either way."""
+    kwargs = dict(condition_type=condition_type, is_context_conditional=True)
+    base, grouped = small_model(**kwargs), small_model(norm_groups=8, **kwargs)
+    assert {k: v.shape for k, v in base.state_dict().items()} == {k: v.shape for k, v in grouped.state_dict().items()}
+    grouped.load_state_dict(base.state_dict(), strict=True)
+    norms = {n: m.num_groups for n, m in grouped.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert norms and all(g == 8 for n, g in norms.items() if not n.endswith("c_norm")), norms
+    assert all(m.num_groups == 32 for m in base.modules() if isinstance(m, torch.nn.GroupNorm))
+    x_t, t, context = small_inputs()
+    with torch.no_grad():  # same weights (small_model randomises the zero-initialised layers), other grouping
+        assert not torch.allclose(base.eval()(x_t, t, context), grouped.eval()(x_t, t, context))

@@ -187,8 +187,9 @@ def write_report(
          "different people score about 0.8 (compare with the real-photo references above)."),
         "",
         ("Samples are drawn with DDIM in pixel space with the x0 estimate clipped to [-1, 1] "
-         "(sampling.clip_x0=1.0). Samples carry colour casts: most likely because the small UNet has 32 channels, "
-         "so its GroupNorm(32) normalises each channel alone and it cannot predict the mean colour of the noise."),
+         "(sampling.clip_x0=1.0). The small UNet (32 channels) uses GroupNorm with 8 groups (model.norm_groups): "
+         "with the original's 32 groups every channel is normalised alone, the model cannot predict the mean "
+         "colour of the noise and the samples get strong colour casts."),
         "",
         "## Time per stage",
         "",
