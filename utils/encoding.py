@@ -96,7 +96,7 @@ def extract_embeddings(cfg: DictConfig) -> Path:
         raise ValueError(f"no image of input_dir={cfg.input_dir} was readable")
     out = save_embeddings(cfg.output_file, names, np.concatenate(embeddings))
     log.info("wrote %d %d-d embeddings to %s%s", len(names), backend.embedding_dim, out,
-                f" ({len(unreadable)} unreadable images skipped)" if unreadable else "")
+             f" ({len(unreadable)} unreadable images skipped)" if unreadable else "")
     return out
 
 
