@@ -66,7 +66,7 @@ def test_separability_filter_15000_x_512_takes_seconds() -> None:
 def test_original_format_round_trip(tmp_path: Path) -> None:
     contexts = synthetic_uniform(5, 512)
     path = save_original_contexts(tmp_path / "random_synthetic_uniform_5.npy", contexts)
-    # the original sample.py does torch.load(file) and torch.from_numpy(contexts[id]): a dict of numpy arrays
+    # the original sample.py unpickles the file fully and calls torch.from_numpy(contexts[id]): a dict of numpy arrays
     with torch.serialization.safe_globals([np.ndarray, np.dtype, np._core.multiarray._reconstruct, type(np.dtype(np.float32))]):
         raw = torch.load(path, weights_only=True)
     assert list(raw) == contexts.names and isinstance(raw["0"], np.ndarray) and raw["0"].dtype == np.float32
