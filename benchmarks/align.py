@@ -47,20 +47,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=32)
     parser.add_argument("--min-face-size", type=int, default=20)
+    parser.add_argument("--pad", type=float, default=0.2, help="FaceAligner pad (align.pad in the config)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tiles = face_tiles(args.tiles)
-    batched = FaceAligner(device="cpu", min_face_size=args.min_face_size, batch_size=args.tiles)
-    single = FaceAligner(device="cpu", min_face_size=args.min_face_size, batch_size=1)
+    batched = FaceAligner(device="cpu", min_face_size=args.min_face_size, batch_size=args.tiles, pad=args.pad)
+    single = FaceAligner(device="cpu", min_face_size=args.min_face_size, batch_size=1, pad=args.pad)
     found = sum(crop is not None for crop in batched.align(tiles))  # also the warm-up of both detectors
     single.align(tiles[:1])
     batched_s = median_seconds(lambda: batched.align(tiles), args.repeats)
     single_s = median_seconds(lambda: [single.align([tile]) for tile in tiles], args.repeats)
     log.info("batched %.2f s, one at a time %.2f s for %d tiles (%d faces)", batched_s, single_s, len(tiles), found)
     return {
-        "tiles": len(tiles), "faces_found": found, "min_face_size": args.min_face_size, "threads": args.threads,
+        "tiles": len(tiles), "faces_found": found, "min_face_size": args.min_face_size, "pad": args.pad, "threads": args.threads,
         "batched_tiles_per_s": round(len(tiles) / batched_s, 2), "single_tiles_per_s": round(len(tiles) / single_s, 2),
         "speedup": round(single_s / batched_s, 2),
     }

@@ -202,6 +202,6 @@ def align_from_config(cfg: DictConfig) -> dict:
     """``align.py``: build the MTCNN aligner from ``cfg.align`` and run :func:`align_identities`."""
     a = cfg.align
     aligner = FaceAligner(device=cfg.device, min_face_size=int(a.min_face_size), thresholds=list(a.thresholds),
-                          batch_size=int(a.batch_size))
+                          batch_size=int(a.batch_size), pad=float(a.pad))
     return align_identities(a.input_dir, a.output_dir, aligner, bool(a.just_resize_if_fail), a.template, int(a.size),
                             a.tile_size, a.output, int(a.batch_size), a.report)

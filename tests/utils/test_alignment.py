@@ -1,7 +1,8 @@
-"""utils.alignment: template maths, central-face rule, MTCNN on a real photo (skimage astronaut)."""
+"""utils.alignment: template maths, central-face rule, MTCNN on real photos (skimage astronaut, matplotlib Grace Hopper)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -97,25 +98,85 @@ def test_batched_detection_mixed_sizes_and_no_face(aligner: FaceAligner, astrona
     assert det.landmarks[0, 0] < det.landmarks[1, 0]  # left eye left of right eye in the image
 
 
-def test_aligned_crop_landmarks_redetect_on_template(aligner: FaceAligner, astronaut: np.ndarray) -> None:
-    """MTCNN re-detects the 5 points of the aligned 112x112 astronaut crop within 3 px of where the warp put them.
+@pytest.fixture(scope="module")
+def default_aligner() -> FaceAligner:
+    """The settings of ``align.py`` (min_face_size 20, pad 0.2)."""
+    return FaceAligner(device="cpu")
 
-    A similarity transform has 4 degrees of freedom for 10 coordinates, so the warped points
-    of a real face do not all sit on the template: for the (smiling) astronaut the least-squares
-    residual of nose and mouth corners is 5-7 px, and any re-detection reports that residual.
-    The eyes, which the fit holds tightly, must lie within 3 px of the template itself.
-    """
-    (det,) = aligner.detect([astronaut])
+
+@pytest.fixture(scope="module")
+def hopper() -> np.ndarray:
+    """Grace Hopper's US Navy portrait (public domain), shipped in matplotlib's sample data; (600, 512, 3)."""
+    from matplotlib.cbook import get_sample_data
+    from PIL import Image
+
+    with get_sample_data("grace_hopper.jpg") as file:
+        return np.asarray(Image.open(file).convert("RGB"))
+
+
+def redetect_aligned(aligner: FaceAligner, photo: np.ndarray, redetector: FaceAligner) -> tuple[np.ndarray, np.ndarray]:
+    """Align ``photo`` to the 112x112 ArcFace crop, re-detect the crop: (warped detections, re-detections), (5, 2) each."""
+    (det,) = aligner.detect([photo])
     assert det is not None
-    crop = warp_to_template(astronaut, det.landmarks, "arcface")
-    warped = transform_points(similarity_matrix(det.landmarks, ARCFACE_TEMPLATE), det.landmarks)  # (5, 2)
-    (redetected,) = FaceAligner(device="cpu", min_face_size=20).detect([crop])
+    warped = transform_points(similarity_matrix(det.landmarks, ARCFACE_TEMPLATE), det.landmarks)
+    (redetected,) = redetector.detect([warp_to_template(photo, det.landmarks, "arcface")])
     assert redetected is not None
-    to_warped = np.linalg.norm(redetected.landmarks - warped, axis=1)
-    to_template = np.linalg.norm(redetected.landmarks - ARCFACE_TEMPLATE, axis=1)
-    assert to_warped.max() < 3.0, to_warped.round(2)
-    assert to_template[:2].max() < 3.0, to_template.round(2)
-    assert to_template.max() < np.linalg.norm(warped - ARCFACE_TEMPLATE, axis=1).max() + 3.0, to_template.round(2)
+    return warped, redetected.landmarks
+
+
+def test_aligned_hopper_crop_landmarks_redetect_on_template(default_aligner: FaceAligner, hopper: np.ndarray) -> None:
+    """On Grace Hopper's portrait MTCNN re-detects the crop's 5 points near the ArcFace template.
+
+    Her detected points fit the template closely (least-squares residual at most 2.5 px); the
+    re-detections add MTCNN's own landmark noise: measured 1.7/3.0/3.0/2.5/3.0 px, mean 2.7 px.
+    """
+    warped, redetected = redetect_aligned(default_aligner, hopper, default_aligner)
+    to_template = np.linalg.norm(redetected - ARCFACE_TEMPLATE, axis=1)
+    assert np.linalg.norm(warped - ARCFACE_TEMPLATE, axis=1).max() < 3.0
+    assert to_template.mean() < 3.0 and to_template.max() < 3.5, to_template.round(2)
+    assert np.linalg.norm(redetected - warped, axis=1).max() < 2.5
+
+
+def test_border_keeps_landmarks_of_tight_crops(default_aligner: FaceAligner) -> None:
+    """Tight face crops (20 LFW faces from scikit-image, 25x25 enlarged to 100x100) and their 112x112 ArcFace
+    crops cut the chin: MTCNN's points drift unless the image gets an edge border first.
+
+    Mean distance of the crop's re-detected points to the warped detections: 1.2 px with pad 0.2, 7.2 px without.
+    """
+    from skimage.data import lfw_subset
+
+    faces = [cv2.resize(np.round(face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
+             for face in lfw_subset()[:100:5]]
+    photos = [np.repeat(face[:, :, None], 3, axis=2) for face in faces]
+
+    def mean_drift(aligner: FaceAligner) -> float:
+        drifts = []
+        for photo, det in zip(photos, aligner.detect(photos)):
+            assert det is not None
+            (redetected,) = aligner.detect([warp_to_template(photo, det.landmarks, "arcface")])
+            assert redetected is not None
+            warped = transform_points(similarity_matrix(det.landmarks, ARCFACE_TEMPLATE), det.landmarks)
+            drifts.append(np.linalg.norm(redetected.landmarks - warped, axis=1).mean())
+        return float(np.mean(drifts))
+
+    padded, unpadded = mean_drift(default_aligner), mean_drift(FaceAligner(device="cpu", pad=0.0))
+    assert padded < 2.0 and unpadded > 2 * padded, (padded, unpadded)
+    with pytest.raises(ValueError, match=r"pad must be a fraction of the image side in \[0, 1\], found 1.5"):
+        FaceAligner(device="cpu", pad=1.5)
+
+
+def test_aligned_astronaut_crop_landmarks_redetect_where_warped(
+    default_aligner: FaceAligner, astronaut: np.ndarray
+) -> None:
+    """MTCNN re-detects the 5 points of the aligned astronaut crop within 3 px of where the warp put them.
+
+    A similarity transform has 4 degrees of freedom for 10 coordinates, so the warped points of a
+    real face do not all sit on the template: for the (smiling) astronaut the least-squares residual
+    of nose and mouth corners is 5-7 px, and any re-detection reports that residual.
+    """
+    warped, redetected = redetect_aligned(default_aligner, astronaut, default_aligner)
+    assert np.linalg.norm(warped - ARCFACE_TEMPLATE, axis=1).max() > 5.0
+    assert np.linalg.norm(redetected - warped, axis=1).max() < 3.0
 
 
 @pytest.mark.gpu
