@@ -91,7 +91,7 @@ def stage_embed(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     d = run.cfg.demo
     photos = list_photos(d.faces_dir)
     aug = Augmentation(**OmegaConf.to_container(d.augmentation.framing, resolve=True))
-    aligner = FaceAligner(device=run.device)
+    aligner = FaceAligner(device=run.device, pad=float(d.augmentation.detect_pad))
     build_training_images(photos, run.path("train_images"), aligner, int(d.augmentation.copies_per_photo), aug, run.seed)
     backend = ["fr_backend.name=dlib", "fr_backend.dlib.input=photo", "num_workers=0", f"device={run.device}"]
     for folder, output in ((run.path("train_images"), "train_embeddings"), (Path(d.faces_dir), "real_embeddings")):
