@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from utils.face_dataset import align_from_config
+from alignment.blocks import align_from_config
 
 
 @hydra.main(config_path="configs", config_name="align_config", version_base="1.3")

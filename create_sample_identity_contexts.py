@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from utils.contexts import contexts_from_config
+from contexts.sources import contexts_from_config
 
 
 @hydra.main(config_path="configs", config_name="contexts_config", version_base="1.3")

@@ -6,7 +6,7 @@ Configuration: ``configs/demo_config.yaml``.
 import hydra
 from omegaconf import DictConfig
 
-from utils.demo import run_demo
+from cpu_demo import run_demo
 
 
 @hydra.main(config_path="configs", config_name="demo_config", version_base="1.3")

@@ -1,4 +1,4 @@
-"""Embed an aligned face dataset into one embedding file (:func:`utils.encoding.encode`; configs/encode_config.yaml).
+"""Embed an aligned face dataset into one embedding file (:func:`embedding.encoding.encode`; configs/encode_config.yaml).
 
     python encode.py encode.input=outputs/datasets/<model>/<contexts> encode.output=outputs/embeddings/<name>.npz
     python encode.py fr_backend.name=dlib fr_backend.dlib.input=photo ...
@@ -10,7 +10,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from utils.encoding import encode
+from embedding.encoding import encode
 
 log = logging.getLogger(__name__)
 

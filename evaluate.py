@@ -1,4 +1,4 @@
-"""Identity separability of an embedding set (:func:`utils.evaluation.evaluate`; configs/evaluate_config.yaml).
+"""Identity separability of an embedding set (:func:`evaluation.report.evaluate`; configs/evaluate_config.yaml).
 
     python evaluate.py evaluate.synthetic=outputs/embeddings/<name>.npz evaluate.real=<real>.npz evaluate.output_dir=<dir>
 """
@@ -9,7 +9,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from utils.evaluation import evaluate
+from evaluation.report import evaluate
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""LFW pairs protocol on an embedding set (:func:`utils.evaluation.evaluate_lfw`; configs/evaluate_lfw_config.yaml).
+"""LFW pairs protocol on an embedding set (:func:`evaluation.report.evaluate_lfw`; configs/evaluate_lfw_config.yaml).
 
     python evaluate_lfw.py evaluate_lfw.pairs=<lfw>/pairs.txt evaluate_lfw.embeddings=<lfw>.npz
 """
@@ -9,7 +9,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from utils.evaluation import evaluate_lfw
+from evaluation.report import evaluate_lfw
 
 log = logging.getLogger(__name__)
 

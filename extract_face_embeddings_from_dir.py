@@ -1,4 +1,4 @@
-"""Embed every face image of a folder (:func:`utils.encoding.extract_embeddings`; configs/extract_embeddings_config.yaml).
+"""Embed every face image of a folder (:func:`embedding.encoding.extract_embeddings`; configs/extract_embeddings_config.yaml).
 
     python extract_face_embeddings_from_dir.py input_dir=data/ffhq_128 output_file=data/embeddings_elasticface_ffhq_128.npz
     python extract_face_embeddings_from_dir.py fr_backend.name=dlib fr_backend.dlib.input=photo output_file=data/embeddings_dlib.npz
@@ -8,8 +8,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from embedding.encoding import extract_embeddings
 from utils.checkpoint import CheckpointError
-from utils.encoding import extract_embeddings
 
 
 @hydra.main(config_path="configs", config_name="extract_embeddings_config", version_base="1.3")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from diffusion.data import DatasetError
 from diffusion.training import TrainingError, train
 from utils.checkpoint import CheckpointError
-from utils.datasets import DatasetError
 
 
 @hydra.main(config_path="configs", config_name="train_config", version_base="1.3")

@@ -7,11 +7,11 @@ Example (the paper's 10,000 x 50 from 10,050 aligned identities):
 import argparse
 import logging
 
-from utils.face_dataset import split_identities
+from dataset_building.split import split_identities
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
-    """Parse the command line and run :func:`utils.face_dataset.split_identities`."""
+    """Parse the command line and run :func:`dataset_building.split.split_identities`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_dir", help="folder of <id>.grid<r>x<c>.png blocks, <id>/ image folders or images")
     parser.add_argument("output_dir", help="where <identity>/<k>.png folders are written")

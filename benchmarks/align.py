@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from skimage.data import astronaut
 
-from utils.alignment import FaceAligner
+from alignment.aligner import FaceAligner
 
 log = logging.getLogger(__name__)
 

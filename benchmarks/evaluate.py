@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from utils.evaluation import evaluate_sets
-from utils.embeddings import EmbeddingSet
+from embedding.files import EmbeddingSet
+from evaluation.report import evaluate_sets
 
 log = logging.getLogger(__name__)
 

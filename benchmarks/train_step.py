@@ -24,13 +24,13 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from diffusion.data import FaceEmbeddingDataset, StepBatchSampler, step_generator
+from diffusion.ema import EMAModel
+from diffusion.latent_cache import LatentCache
+from embedding.files import save_embeddings
 from models.autoencoder.vqgan import VQEncoderInterface
 from utils.config import compose, resolve_device
-from utils.datasets import FaceEmbeddingDataset, StepBatchSampler, step_generator
 from utils.distributed import DistributedContext
-from utils.embeddings import save_embeddings
-from utils.ema import EMAModel
-from utils.latent_cache import LatentCache
 
 log = logging.getLogger(__name__)
 

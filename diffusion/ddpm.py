@@ -12,8 +12,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from diffusion.samplers import DDIMSampler, DDPMSampler, guided_eps, per_sample_noise, sample_loop
-from diffusion.schedules import SCHEDULE_BUFFERS, compute_beta_schedule, schedule_constants
+from diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    guided_eps,
+    per_sample_noise,
+    sample_loop,
+)
+from diffusion.schedules import (
+    SCHEDULE_BUFFERS,
+    compute_beta_schedule,
+    schedule_constants,
+)
 from utils.checkpoint import load_checkpoint
 
 

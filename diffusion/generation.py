@@ -28,13 +28,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from contexts.sources import load_contexts
+from diffusion.ddpm import (
+    DenoisingDiffusionProbabilisticModel,
+    load_diffusion_checkpoint,
+)
 from diffusion.samplers import guided_eps, per_sample_noise, sample_loop
-from models.autoencoder.vqgan import VQ_F4_EMBED_DIM, VQ_F4_N_EMBED, VQDecoderInterface, load_vq_decoder
+from models.autoencoder.vqgan import (
+    VQ_F4_EMBED_DIM,
+    VQ_F4_N_EMBED,
+    VQDecoderInterface,
+    load_vq_decoder,
+)
 from utils.checkpoint import CheckpointError
 from utils.config import CONFIG_DIR, resolve_device
-from utils.contexts import load_contexts
-from utils.identity_blocks import block_name, write_block, write_image_folder
+from utils.image_io import block_name, write_block, write_image_folder
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,19 @@
-"""What a training run shows while it runs (rank 0): metrics log, loss plot and sample grids."""
+"""What a training run shows while it runs (rank 0): the loss plot and sample grids."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+from torchvision.utils import make_grid, save_image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
-
-from diffusion.ddpm import DenoisingDiffusionProbabilisticModel  # noqa: E402
+from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 
 logger = logging.getLogger(__name__)
 
@@ -25,47 +21,19 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 
 
-class MetricsLog:
-    """``<run>/metrics.jsonl``: one JSON object per logging interval (step, epoch, loss, lr, images/s, ...).
-
-    On resume, rows after the restored step are dropped so the log reads like an uninterrupted run.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
-        if resume_step is not None and self.path.is_file():
-            rows = [r for r in self.rows() if r["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        elif resume_step is None:
-            self.path.unlink(missing_ok=True)
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        """Append one row (flushed at once, so a killed run keeps its log)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(dict(row)) + "\n")
-
-    def rows(self) -> list[dict[str, Any]]:
-        """All rows written so far."""
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def plot(self, path: str | os.PathLike | None = None) -> Path:
-        """Loss against step (log scale) as a PNG, by default ``<run>/loss.png``."""
-        path = Path(path) if path is not None else self.path.with_name(LOSS_PLOT_FILE)
-        rows = self.rows()
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (MSE on eps)")
-        if rows and min(r["loss"] for r in rows) > 0:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+def plot_loss(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Loss against step (log scale) of ``metrics.jsonl`` rows, as a PNG."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (MSE on eps)")
+    if rows and min(r["loss"] for r in rows) > 0:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)
 
 
 def _generators(seed: int, n: int) -> list[torch.Generator]:

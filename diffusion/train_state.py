@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from diffusion.ema import EMAModel
 from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, torch_load
 from utils.distributed import DistributedContext, all_gather_objects
-from utils.ema import EMAModel
+from utils.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +54,6 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-def capture_rng_state(device: torch.device) -> dict[str, Any]:
-    """torch CPU (and this CUDA device's), numpy and python RNG states, as weights_only-loadable values."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def save_training_state(

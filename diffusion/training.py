@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -27,14 +25,38 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from diffusion.data import (
+    DatasetError,
+    FaceEmbeddingDataset,
+    StepBatchSampler,
+    check_data_paths,
+    step_generator,
+)
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
-from diffusion.train_monitor import MetricsLog, save_sample_grid
-from diffusion.train_state import OPTIMIZATION_FILE, TrainingObjects, load_training_state, save_training_state
+from diffusion.latent_cache import LatentCache, cache_fingerprint
+from diffusion.train_monitor import (
+    LOSS_PLOT_FILE,
+    METRICS_FILE,
+    plot_loss,
+    save_sample_grid,
+)
+from diffusion.train_state import (
+    OPTIMIZATION_FILE,
+    TrainingObjects,
+    load_training_state,
+    save_training_state,
+)
 from models.autoencoder.vqgan import load_vq_decoder, load_vq_encoder
 from utils.checkpoint import CheckpointError
-from utils.datasets import DatasetError, FaceEmbeddingDataset, StepBatchSampler, check_data_paths, step_generator
-from utils.distributed import DistributedContext, all_reduce_mean, broadcast_object, cleanup_distributed, init_distributed
-from utils.latent_cache import LatentCache, cache_fingerprint
+from utils.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+)
+from utils.metrics_log import MetricsLog
+from utils.rng import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +186,15 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
     ema = instantiate(tcfg.ema)(model=model)
     objects = TrainingObjects(model, ema, optimizer, lr_scheduler, grad_scaler)
 
-    torch.manual_seed(seed + ctx.rank)  # CPD dropout draws: one stream per rank
-    random.seed(seed + ctx.rank)
-    np.random.seed(seed + ctx.rank)
+    seed_everything(seed + ctx.rank)  # CPD dropout draws: one stream per rank
     start_step = 0
     if source is not None:
         start_step, _ = load_training_state(source, objects, data_order, ctx)
     if ctx.is_main:
         _write_config(cfg, run_dir)
-    metrics = MetricsLog(run_dir, resume_step=start_step if source is not None else None) if ctx.is_main else None
+    metrics = MetricsLog(run_dir / METRICS_FILE) if ctx.is_main else None
+    if metrics is not None:
+        metrics.truncate(start_step if source is not None else None)
     ddp_model = model
     if ctx.is_distributed:
         ddp_model = DistributedDataParallel(
@@ -245,7 +267,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
         if global_step % int(tcfg.steps_between_logging) == 0 or global_step == steps:
             if ctx.is_main:
                 elapsed = time.perf_counter() - t_window
-                metrics.write({
+                metrics.append({
                     "step": global_step, "epoch": sampler.epoch_of(step), "loss": sum(window) / len(window),
                     "lr": optimizer.param_groups[0]["lr"], "ema_decay": decay,
                     "images_per_s": len(window) * sampler.global_batch / max(elapsed, 1e-9),
@@ -256,7 +278,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
             save_training_state(run_dir, objects, global_step, sampler.epoch_of(global_step), data_order, ctx,
                                 tcfg.steps_of_checkpoints or ())
             if ctx.is_main:
-                metrics.plot()
+                plot_loss(metrics.rows(), run_dir / LOSS_PLOT_FILE)
         if ctx.is_main and (global_step % int(tcfg.steps_between_sampling) == 0 or global_step == steps):
             save_sample_grid(ema.averaged_model, run_dir / "samples" / f"sample_{global_step:06d}.png", size,
                              vis_contexts, vis_images, decoder, tcfg.sampling.sampler, int(tcfg.sampling.steps),

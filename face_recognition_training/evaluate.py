@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from evaluation.metrics import kfold_accuracy, tar_at_far
 from face_recognition_training.bin_reader import read_bin
-from face_recognition_training.verification import kfold_accuracy, tar_at_far
 from models.iresnet import ARCHITECTURES, load_iresnet
 from utils.config import resolve_device
 

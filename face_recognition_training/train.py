@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -44,7 +42,7 @@ from face_recognition_training.evaluate import (
     load_verification_sets,
     mean_accuracy,
 )
-from face_recognition_training.run_log import MetricsLog
+from face_recognition_training.run_log import plot_metrics
 from face_recognition_training.schedule import (
     EarlyStopping,
     build_scheduler,
@@ -59,6 +57,8 @@ from utils.distributed import (
     cleanup_distributed,
     init_distributed,
 )
+from utils.metrics_log import MetricsLog
+from utils.rng import capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +85,6 @@ def amp_enabled(setting: Any, device: torch.device) -> bool:
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"train.amp must be auto, true or false, found {setting!r}")
-
-
-def get_rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's torch (CPU and CUDA), numpy and Python RNG states, ``weights_only``-loadable."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    random.setstate(state["python"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (all devices), numpy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def train_one_epoch(
@@ -178,7 +149,7 @@ def _resume(path: Path, fr_model: FRModel, optimizer: torch.optim.Optimizer, sch
             f"{path} was written by {len(rng)} processes but this run has {ctx.world_size}; "
             "resume with the same number of processes (or start a new output_dir)"
         )
-    set_rng_state(rng[ctx.rank], ctx.device)
+    restore_rng_state(rng[ctx.rank], ctx.device)
     log.info("resumed from %s after epoch %d", path, state["epoch"])
     return int(state["epoch"])
 
@@ -236,13 +207,13 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
     amp = amp_enabled(cfg.train.amp, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp and ctx.device.type == "cuda")
     stopper = EarlyStopping(patience=int(schedule.early_stop_patience))
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    metrics = MetricsLog(out_dir / "metrics.jsonl", key="epoch")
 
     start_epoch = 0
     if cfg.train.resume and (out_dir / CHECKPOINT).is_file():
         start_epoch = _resume(out_dir / CHECKPOINT, fr_model, optimizer, scheduler, scaler, stopper, ctx)
     if ctx.is_main:
-        metrics.truncate(start_epoch)
+        metrics.truncate(start_epoch - 1)
         log.info("%d images of %d identities, %d processes x batch %d, lr %.4g, amp %s, %d steps/epoch",
                  len(dataset), dataset.num_classes, ctx.world_size, cfg.train.batch_size, lr, amp, len(loader))
 
@@ -261,7 +232,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
             record.update(eval=results, mean_accuracy=mean_acc)
         step_scheduler(scheduler, None if math.isnan(mean_acc) else mean_acc)
         improved = not math.isnan(mean_acc) and stopper.update(epoch, mean_acc)
-        rng_states = all_gather_objects(get_rng_state(ctx.device), ctx)
+        rng_states = all_gather_objects(capture_rng_state(ctx.device), ctx)
         if ctx.is_main:
             state = {
                 "epoch": epoch + 1,
@@ -279,7 +250,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
             save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone.pth")
             if improved:
                 save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone_best.pth")
-            metrics.plot(out_dir / "metrics.png")
+            plot_metrics(metrics.rows(), out_dir / "metrics.png")
             log.info("epoch %d: loss %.4f, train acc %.2f%%, lr %.3g, %.1f img/s%s", epoch + 1, record["loss"],
                      record["train_accuracy"], lr_now, record["images_per_s"],
                      f", mean verification {mean_acc:.2f}%\n{format_table(results)}" if results else "")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig
 
+from cpu_demo import run_demo
+from cpu_demo.stages import STAGES, DemoRun
+from cpu_demo.state import STATE_FILE, StageState, fingerprint
 from utils.config import compose
-from utils.demo import run_demo
-from utils.demo.stages import STAGES, DemoRun
-from utils.demo.state import STATE_FILE, StageState, fingerprint
 
 
 def _config(out: Path, *overrides: str) -> DictConfig:

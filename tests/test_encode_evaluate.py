@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedding.backends import FaceEmbedder
+from embedding.encoding import encode, encode_dataset
+from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
+from evaluation.report import evaluate, evaluate_lfw_set, evaluate_sets, read_lfw_pairs
 from utils.config import compose
-from utils.embeddings import EmbeddingSet, load_embeddings, save_embeddings
-from utils.encoding import encode, encode_dataset
-from utils.evaluation import evaluate, evaluate_lfw_set, evaluate_sets, read_lfw_pairs
-from utils.fr_backends import FaceEmbedder
-from utils.identity_blocks import write_block
+from utils.image_io import write_block
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.encoding import extract_embeddings
+from embedding.backends import IResNetBackend
+from embedding.encoding import extract_embeddings
+from embedding.files import load_embeddings
 from models.iresnet import iresnet18
 from utils.config import compose
-from utils.embeddings import load_embeddings
-from utils.fr_backends import IResNetBackend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,13 +17,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import split_identity_blocks
+from alignment.aligner import (
+    ARCFACE_TEMPLATE,
+    FaceAligner,
+    similarity_matrix,
+    transform_points,
+)
+from alignment.blocks import align_from_config, align_identities
+from contexts.sources import contexts_from_config
 from diffusion.generation import sample_from_config
 from models.autoencoder.vqgan import VQDecoderInterface
-from utils.alignment import ARCFACE_TEMPLATE, FaceAligner, similarity_matrix, transform_points
 from utils.config import compose
-from utils.contexts import contexts_from_config
-from utils.face_dataset import align_from_config, align_identities
-from utils.identity_blocks import read_block, write_block
+from utils.image_io import read_block, write_block
 
 CONTEXT_DIM = 128
 TINY_VQ = {"double_z": False, "z_channels": 3, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from models.autoencoder.modules import Decoder, Encoder, VectorQuantizer
-from utils.checkpoint import CheckpointError, load_checkpoint, load_state_dict_file, save_atomic
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_file,
+    save_atomic,
+)
 
 logger = logging.getLogger(__name__)
 

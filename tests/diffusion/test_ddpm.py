@@ -6,7 +6,10 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from diffusion.ddpm import (
+    DenoisingDiffusionProbabilisticModel,
+    load_diffusion_checkpoint,
+)
 from diffusion.samplers import DDPMSampler
 from diffusion.schedules import SCHEDULE_BUFFERS
 from utils.checkpoint import CheckpointError, save_atomic

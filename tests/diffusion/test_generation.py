@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from contexts.sources import save_original_contexts, synthetic_uniform
 from diffusion.generation import (
     MicroBatched,
     checkpoint_path,
@@ -22,10 +23,9 @@ from diffusion.generation import (
     resolve_shard,
     sample_from_config,
 )
+from embedding.files import EmbeddingSet
 from utils.checkpoint import CheckpointError
 from utils.config import compose
-from utils.contexts import save_original_contexts, synthetic_uniform
-from utils.embeddings import EmbeddingSet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT_DIM = 128

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
-from diffusion.samplers import DDIMSampler, DDPMSampler, ddim_timesteps, guided_eps, sample_loop
+from diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    ddim_timesteps,
+    guided_eps,
+    sample_loop,
+)
 
 
 class PointMassEps(nn.Module):

@@ -17,10 +17,10 @@ from PIL import Image
 
 from diffusion.ddpm import load_diffusion_checkpoint
 from diffusion.training import TrainingError, train
+from embedding.files import save_embeddings
 from models.autoencoder.vqgan import VQDecoderInterface, VQEncoderInterface
 from utils.checkpoint import torch_load
 from utils.config import compose
-from utils.embeddings import save_embeddings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTEXT_DIM = 16

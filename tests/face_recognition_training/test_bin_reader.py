@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from face_recognition_training.bin_reader import BinFileError, load_bin_raw, read_bin, write_bin
+from face_recognition_training.bin_reader import (
+    BinFileError,
+    load_bin_raw,
+    read_bin,
+    write_bin,
+)
 
 
 def _images(n: int, size: int = 112) -> np.ndarray:

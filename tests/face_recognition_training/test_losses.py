@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from face_recognition_training.losses import ArcFace, CosFace, ElasticArcFace, ElasticCosFace
+from face_recognition_training.losses import (
+    ArcFace,
+    CosFace,
+    ElasticArcFace,
+    ElasticCosFace,
+)
 
 
 def _setup(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import models.iresnet as iresnet_module
-from models.iresnet import IBasicBlock, IResNet, iresnet18, iresnet50, iresnet100, load_iresnet
+from models.iresnet import (
+    IBasicBlock,
+    IResNet,
+    iresnet18,
+    iresnet50,
+    iresnet100,
+    load_iresnet,
+)
 from utils.checkpoint import CheckpointError
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures"

@@ -1,0 +1,133 @@
+"""Align sampled identities (``align.py``): every tile of every identity block or folder to a 112x112 crop.
+
+:func:`align_identities` detects the central face of each tile with MTCNN, batched
+  over tiles of several identities, and warp it onto the 112x112 ArcFace template. A tile without a
+  face is resized (``just_resize_if_fail=True``, what the original meant to do) or dropped. A JSON
+  report counts detected / resized / dropped tiles per identity. Identities whose output already
+exists are skipped, and every identity is written atomically.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from alignment.aligner import FaceAligner
+from utils.atomic import write_json_atomic
+from utils.image_io import (
+    discover_identities,
+    read_identity,
+    write_block,
+    write_image_folder,
+)
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("block", "files")
+
+
+def _output_exists(out_dir: Path, identity: str, output: str) -> bool:
+    if output == "files":
+        return (out_dir / identity).is_dir()
+    return bool(glob.glob(os.path.join(glob.escape(str(out_dir)), f"{glob.escape(identity)}.grid*x*.png")))
+
+
+def _chunks(sources: dict[str, Path], tile_size: int | None, min_tiles: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    """Groups of (identity, tiles (N, H, W, 3)) with at least ``min_tiles`` tiles (the last may have fewer)."""
+    group: list[tuple[str, np.ndarray]] = []
+    for identity, source in sources.items():
+        group.append((identity, read_identity(source, tile_size)))
+        if sum(len(t) for _, t in group) >= min_tiles:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def align_identities(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    aligner: FaceAligner,
+    just_resize_if_fail: bool = True,
+    template: str = "arcface",
+    size: int = 112,
+    tile_size: int | None = None,
+    output: str = "block",
+    batch_size: int = 64,
+    report_path: str | os.PathLike | None = None,
+) -> dict:
+    """Align every identity of ``input_dir`` (blocks, identity folders or single images) into ``output_dir``.
+
+    Args:
+        aligner: a built :class:`alignment.aligner.FaceAligner` (MTCNN on its device).
+        just_resize_if_fail: resize a tile without a detected face to ``size`` (True) or drop it (False).
+        template, size: the warp target (``arcface``, 112 px: the crops FR models are trained on).
+        tile_size: tile side of original blocks without a ``.grid`` tag (None for ours and for photos).
+        output: ``block`` (``<id>.grid<r>x<c>.png``) or ``files`` (``<id>/<k>.png``).
+        batch_size: tiles per MTCNN call, gathered across identities.
+        report_path: JSON report (default ``<output_dir>/alignment_report.json``); merged on resume.
+    Returns:
+        The report: ``{"identities": {id: {"detected", "resized", "dropped"}}, "totals": {...}, ...}``.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"align.output must be one of {OUTPUTS}, found {output!r}")
+    out_dir = Path(output_dir)
+    report_path = Path(report_path) if report_path is not None else out_dir / "alignment_report.json"
+    report: dict = json.loads(report_path.read_text()) if report_path.is_file() else {"identities": {}}
+    sources = discover_identities(input_dir)
+    pending = {i: s for i, s in sources.items() if not (i in report["identities"] and _output_exists(out_dir, i, output))}
+    log.info("aligning %d identities (%d already done) from %s", len(pending), len(sources) - len(pending), input_dir)
+    with tqdm(total=len(pending), desc="aligning", unit="id") as bar:
+        for group in _chunks(pending, tile_size, batch_size):
+            tiles = [t for _, block in group for t in block]
+            aligned = aligner.align(tiles, template=template, size=size)
+            offset = 0
+            for identity, block in group:
+                counts = {"detected": 0, "resized": 0, "dropped": 0}
+                kept = []
+                for tile, crop in zip(block, aligned[offset : offset + len(block)]):
+                    if crop is not None:
+                        counts["detected"] += 1
+                        kept.append(crop)
+                    elif just_resize_if_fail:
+                        counts["resized"] += 1
+                        kept.append(cv2.resize(tile, (size, size), interpolation=cv2.INTER_AREA))
+                    else:
+                        counts["dropped"] += 1
+                offset += len(block)
+                if kept and output == "block":
+                    write_block(out_dir, identity, np.stack(kept))
+                elif kept:
+                    write_image_folder(out_dir, identity, kept)
+                report["identities"][identity] = counts
+                bar.update(1)
+            _write_report(report, report_path, just_resize_if_fail)
+    report = _write_report(report, report_path, just_resize_if_fail)
+    log.info("alignment done: %s -> %s (report %s)", report["totals"], out_dir, report_path)
+    return report
+
+
+def _write_report(report: dict, path: Path, just_resize_if_fail: bool) -> dict:
+    keys = ("detected", "resized", "dropped")
+    report["totals"] = {k: sum(c[k] for c in report["identities"].values()) for k in keys}
+    report["totals"]["identities"] = len(report["identities"])
+    report["just_resize_if_fail"] = bool(just_resize_if_fail)
+    write_json_atomic(path, report, indent=1)
+    return report
+
+
+def align_from_config(cfg: DictConfig) -> dict:
+    """``align.py``: build the MTCNN aligner from ``cfg.align`` and run :func:`align_identities`."""
+    a = cfg.align
+    aligner = FaceAligner(device=cfg.device, min_face_size=int(a.min_face_size), thresholds=list(a.thresholds),
+                          batch_size=int(a.batch_size), pad=float(a.pad))
+    return align_identities(a.input_dir, a.output_dir, aligner, bool(a.just_resize_if_fail), a.template, int(a.size),
+                            a.tile_size, a.output, int(a.batch_size), a.report)
