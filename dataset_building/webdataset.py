@@ -102,23 +102,24 @@ def iter_tar_members(stream: BinaryIO, where: str = "tar") -> Iterator[tuple[str
     """``(name, data)`` of every regular file in a tar stream, in order.
 
     Reads 512-byte headers (checksums verified), applies pax ``path`` and GNU ``L`` long names, and
-    skips directories, links and pax global headers.
+    skips directories, links and pax global headers. A file that ends before the end-of-archive
+    block raises (a truncated shard is never read as a shorter one).
     """
     long_name: str | None = None
     while True:
         header = stream.read(BLOCK)
-        if len(header) < BLOCK or header == b"\0" * BLOCK:
-            if 0 < len(header) < BLOCK:
-                raise ValueError(f"{where}: the file ends inside a tar header (truncated shard?)")
+        if header == b"\0" * BLOCK:
             return
+        if len(header) < BLOCK:
+            raise ValueError(f"{where}: the file ends before the tar end-of-archive block (truncated shard?)")
         checksum = _octal(header[148:156], where)
         if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
             raise ValueError(f"{where}: a tar header's checksum does not match (damaged shard, or not a tar file)")
         size, kind = _octal(header[124:136], where), header[156:157]
-        data = stream.read(size)
-        if len(data) < size:
+        data = stream.read(size + (-size % BLOCK))
+        if len(data) < size + (-size % BLOCK):
             raise ValueError(f"{where}: the file ends inside a member of {size} bytes (truncated shard?)")
-        stream.read(-size % BLOCK)
+        data = data[:size]
         if kind == b"x":
             long_name = _pax_path(data) or long_name
             continue
