@@ -1,6 +1,7 @@
-"""Write a face dataset as insightface RecordIO, WebDataset tar shards or class folders (configs/export_config.yaml).
+"""Write a face dataset as RecordIO, WebDataset tar shards or class folders (configs/export_config.yaml).
 
-    python export_dataset.py export.input=<class folders or blocks> export.output=<dir> export.format=rec|webdataset|folders
+    python export_dataset.py export.input=<class folders or blocks> export.output=<dir> \
+        export.format=rec|webdataset|folders
     # job arrays: export.shard_index=$SLURM_ARRAY_TASK_ID export.num_shards=N (the last task to finish merges)
 """
 from __future__ import annotations

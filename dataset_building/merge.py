@@ -24,8 +24,8 @@ from dataset_building.shards import (
     REC_SHARD_DIR,
     SUMMARY,
     ShardPlan,
-    temporary_path,
     shard_name,
+    temporary_path,
     write_json_atomic,
 )
 from utils.identity_blocks import folder_images
@@ -74,7 +74,7 @@ def merge_rec(out_dir: str | os.PathLike, sidecars: list[dict], num_classes: int
                     writer.write(total + 1 + j, pack((first, first + count), key=total + 1 + j))
                     first += count
         write_property(temps[2], num_classes, image_size, image_size)
-        for tmp, final in zip(temps[::-1], finals[::-1]):
+        for tmp, final in zip(temps[::-1], finals[::-1], strict=True):
             os.replace(tmp, final)
     finally:
         for tmp in temps:

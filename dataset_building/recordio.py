@@ -83,7 +83,8 @@ def pack(labels: float | tuple[float, ...] | list[float], payload: bytes = b"", 
 
     Labels must be integers below 2**24 (float32 is exact there), as class labels and keys are.
     """
-    values = [float(labels)] if isinstance(labels, (int, float, np.integer, np.floating)) else [float(v) for v in labels]
+    scalar = isinstance(labels, (int, float, np.integer, np.floating))
+    values = [float(labels)] if scalar else [float(v) for v in labels]
     if not values:
         raise ValueError("a RecordIO header needs at least one label, found none")
     for v in values:
@@ -232,7 +233,7 @@ class RecordReader:
     def read(self, key: int) -> bytes:
         """The payload of record ``key`` (header + image)."""
         if self._pid != os.getpid():
-            self._file, self._pid = open(self.rec_path, "rb"), os.getpid()  # noqa: SIM115 (kept open)
+            self._file, self._pid = open(self.rec_path, "rb"), os.getpid()  # kept open between reads
         if key not in self.index:
             raise KeyError(f"{self.idx_path} has no key {key}")
         self._file.seek(self.index[key])

@@ -192,7 +192,7 @@ class _OpenShard:
         else:
             self.tar.close()
         write_json_atomic(sidecar, self.finals[0].with_suffix(".json"))
-        for tmp, final in zip(self.temps[::-1], self.finals[::-1]):
+        for tmp, final in zip(self.temps[::-1], self.finals[::-1], strict=True):
             os.replace(tmp, final)
 
     def abort(self) -> None:

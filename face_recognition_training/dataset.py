@@ -229,7 +229,8 @@ def _check_limits(root: Path, fmt: str, width: int | None, depth: int | None, nu
             log.warning("data.depth=%d cannot be checked for %s (no %s); every image is used", depth, root, SUMMARY)
         elif depth < summary["images_per_identity"]["max"]:
             raise ValueError(f"data.depth={depth} but {root} ({fmt}) holds up to "
-                             f"{summary['images_per_identity']['max']} images per identity; shards are read whole: {fix}")
+                             f"{summary['images_per_identity']['max']} images per identity; shards are read whole: "
+                             f"{fix}")
 
 
 class RecordDataset(Dataset):
@@ -296,7 +297,8 @@ class TarShardStream(IterableDataset):
         """``[rank][worker] -> shard indices`` of ``epoch`` (num_workers 0 counts as one stream)."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
         workers = max(1, num_workers)
-        return [[order[r::self.world_size][w::workers].tolist() for w in range(workers)] for r in range(self.world_size)]
+        ranks = [order[r :: self.world_size] for r in range(self.world_size)]
+        return [[shards[w::workers].tolist() for w in range(workers)] for shards in ranks]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | Image.Image, int]]:
         info = get_worker_info()

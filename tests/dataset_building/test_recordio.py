@@ -70,7 +70,8 @@ def test_labels_that_float32_cannot_hold_exactly_are_refused(label: float) -> No
 
 def test_writer_index_points_at_each_record(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    payloads = {key: pack(key % 3, rng.bytes(int(rng.integers(0, 40))) + M * int(key == 2), key=key) for key in range(6)}
+    payloads = {key: pack(key % 3, rng.bytes(int(rng.integers(0, 40))) + M * int(key == 2), key=key)
+                for key in range(6)}
     with RecordWriter(tmp_path / "a.rec", tmp_path / "a.idx") as writer:
         offsets = {key: writer.write(key, p) for key, p in payloads.items()}
     raw = (tmp_path / "a.rec").read_bytes()

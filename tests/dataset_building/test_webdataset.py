@@ -1,4 +1,4 @@
-"""WebDataset tar shards: reproducible bytes, our minimal tar reader, and the ``webdataset`` package as an independent reader."""
+"""WebDataset tar shards: reproducible bytes, our minimal tar reader, ``webdataset`` as an independent reader."""
 from __future__ import annotations
 
 import tarfile
@@ -62,5 +62,5 @@ def test_damaged_or_incomplete_shards_raise_one_clear_line(tmp_path: Path) -> No
     (tmp_path / "bad.tar").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="checksum does not match"):
         list(iter_samples(tmp_path / "bad.tar"))
-    with pytest.raises(ValueError, match=r"sample 'a/0' needs an image \(.png/.jpg\) and a .cls label, found \['cls'\]"):
+    with pytest.raises(ValueError, match=r"'a/0' needs an image \(.png/.jpg\) and a .cls label, found \['cls'\]"):
         image_and_label("a/0", {"cls": b"3"})

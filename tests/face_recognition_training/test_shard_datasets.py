@@ -53,7 +53,7 @@ def data_cfg(root: Path, **extra):
 
 def epoch_batches(root: Path, batch_size: int = 5, epoch: int = 0, **extra) -> list[tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(123)  # the flips of num_workers=0 come from the global generator
-    dataset, loader = build_training_data(data_cfg(root, **extra), batch_size, seed=3)
+    _, loader = build_training_data(data_cfg(root, **extra), batch_size, seed=3)
     return list(loader.epoch(epoch))
 
 
