@@ -118,6 +118,10 @@ def finalize(out_dir: str | os.PathLike, plan: ShardPlan, fmt: str, image_format
     summary_path = out_dir / SUMMARY
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
+        wanted = {"shuffle_seed": shuffle_seed, "header": header}
+        if fmt == "rec" and {k: summary["rec"][k] for k in wanted} != wanted:
+            raise ValueError(f"{out_dir} was merged with {({k: summary['rec'][k] for k in wanted})}, not {wanted}; "
+                             "use a new export.output")
     else:
         missing = missing_shards(out_dir, plan, fmt)
         if missing:

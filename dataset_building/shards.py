@@ -10,7 +10,9 @@ write. Process ``index`` of ``count`` (``export.shard_index``/``export.num_shard
 A shard file is written under a temporary name in its final folder and renamed when complete: its
 ``.json`` sidecar first, then (``rec``) its ``.idx``, then the data file (``.rec`` or ``.tar``),
 whose final name marks the shard as done. A finished shard is never rewritten; a killed run
-removes its own temporaries and writes the unfinished shards again, with the same bytes.
+removes its own temporaries and writes the unfinished shards again, with the same bytes. The first
+writer records the settings and a hash of the identity list in ``export_plan.json``; a process or
+a rerun with other settings or other identities is refused instead of mixing two datasets.
 
 Formats (the layout of ``out_dir``):
 
@@ -26,6 +28,7 @@ Formats (the layout of ``out_dir``):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("rec", "webdataset", "folders")
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 SUMMARY = "export_summary.json"
+PLAN = "export_plan.json"
 REC_SHARD_DIR = "shards"
 
 
@@ -224,6 +228,7 @@ class ShardSetWriter:
         self.folder = self.out_dir / REC_SHARD_DIR if fmt == "rec" else self.out_dir
         self.folder.mkdir(parents=True, exist_ok=True)
         mine = plan.my_files()
+        self._check_plan()
         self._remove_stale_temporaries(mine)
         done = (self.out_dir / SUMMARY).is_file()
         self.queue = [] if done else [(label, plan.names[label]) for s in mine if not self._finished(s)
@@ -232,6 +237,23 @@ class ShardSetWriter:
         self.current: _OpenShard | None = None
         log.info("task %d/%d: %d of %d shard files to write (%d identities)", *plan.task,
                  len({label // plan.identities_per_shard for label, _ in self.queue}), len(mine), len(self.queue))
+
+    def _check_plan(self) -> None:
+        """Every process and every resume must write the same dataset: compare with ``export_plan.json``."""
+        names = "\n".join(self.plan.names).encode()
+        plan = {"format": self.fmt, "image_format": self.image_format, "jpeg_quality": self.jpeg_quality,
+                "image_size": self.image_size, "identities_per_shard": self.plan.identities_per_shard,
+                "identities": len(self.plan.names), "names_sha256": hashlib.sha256(names).hexdigest()}
+        path = self.out_dir / PLAN
+        if path.is_file():
+            found = json.loads(path.read_text())
+            changed = sorted(k for k in plan if found.get(k) != plan[k])
+            if changed:
+                raise ValueError(f"{self.out_dir} holds an export with other settings ({', '.join(changed)}: "
+                                 f"{[found.get(k) for k in changed]} there, {[plan[k] for k in changed]} now); "
+                                 "use a new export.output or the same settings")
+        else:
+            write_json_atomic(plan, path)
 
     def _finished(self, s: int) -> bool:
         if self.fmt == "folders":

@@ -76,8 +76,25 @@ def test_folders_to_rec_round_trip(folders: Path, tmp_path: Path) -> None:
     assert header.labels == (16.0, 21.0) and sorted(reader.keys) == list(range(21))
     ranges = [unpack(reader.read(key))[0].labels for key in range(16, 21)]
     assert ranges == [(1.0, 4.0), (4.0, 9.0), (9.0, 11.0), (11.0, 12.0), (12.0, 16.0)]
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["export_summary.json", "property", "train.idx",
-                                                                    "train.rec"]
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["export_plan.json", "export_summary.json",
+                                                                    "property", "train.idx", "train.rec"]
+    before = tree(tmp_path / "rec")
+    assert run(folders, tmp_path / "rec", "rec", "export.rec.shuffle_seed=null") == summary  # done: nothing to do
+    assert tree(tmp_path / "rec") == before
+
+
+def test_a_rerun_with_other_settings_is_refused(folders: Path, tmp_path: Path) -> None:
+    run(folders, tmp_path / "rec", "rec", "export.rec.shuffle_seed=null")
+    with pytest.raises(ValueError, match=r"holds an export with other settings \(image_format: \['png'\] there, "
+                                         r"\['jpg'\] now\); use a new export.output"):
+        run(folders, tmp_path / "rec", "rec", "export.image_format=jpg")
+    with pytest.raises(ValueError, match=r"was merged with \{'shuffle_seed': None, 'header': True\}, not "
+                                         r"\{'shuffle_seed': 4, 'header': True\}"):
+        run(folders, tmp_path / "rec", "rec", "export.rec.shuffle_seed=4")
+    (folders / "id11").mkdir()
+    Image.fromarray(images_of("id11", 1)[0]).save(folders / "id11" / "0.png")
+    with pytest.raises(ValueError, match=r"other settings \(identities, names_sha256: \[5, '[0-9a-f]{64}'\] there"):
+        run(folders, tmp_path / "rec", "rec")
 
 
 def test_shuffled_rec_keeps_samples_and_dali_layout_has_no_header(folders: Path, tmp_path: Path) -> None:
@@ -108,7 +125,8 @@ def test_blocks_and_jpeg_and_selection(folders: Path, tmp_path: Path) -> None:
     for identity, n in COUNTS.items():
         write_block(blocks, identity, images_of(identity, n))
     run(blocks, tmp_path / "sel", "folders", "export.identities=2", "export.images_per_identity=3")
-    assert sorted(p.name for p in (tmp_path / "sel").iterdir()) == ["export_summary.json", "id0", "id1"]
+    assert sorted(p.name for p in (tmp_path / "sel").iterdir()) == ["export_plan.json", "export_summary.json", "id0",
+                                                                    "id1"]
     assert len(list((tmp_path / "sel" / "id1").iterdir())) == 3
     smooth = tmp_path / "smooth"
     ramp = np.add.outer(np.arange(SIZE), np.arange(SIZE)) * 4  # (16, 16) in 0..120
