@@ -96,6 +96,18 @@ def _folder_sidecars(out_dir: Path, plan: ShardPlan) -> list[dict]:
     return sidecars
 
 
+def _remove_stale_merge_temporaries(out_dir: Path) -> None:
+    """Delete what a merge killed outright (SIGKILL) left: ``.train.rec.<random>.tmp`` etc. (as big as the set).
+
+    Two processes that finish their last shards at the same moment may both merge; the one whose
+    temporaries the other removes then stops with an error while the other completes the merge.
+    """
+    for entry in out_dir.glob(".*.tmp"):
+        if entry.name[1 : -len(".tmp")].rpartition(".")[0] in REC_FILES:
+            log.info("removing %s left by an interrupted merge", entry.name)
+            entry.unlink()
+
+
 def missing_shards(out_dir: str | os.PathLike, plan: ShardPlan, fmt: str) -> list[int]:
     """Shard files of any process that are not finished yet."""
     out_dir = Path(out_dir)
@@ -143,6 +155,7 @@ def finalize(out_dir: str | os.PathLike, plan: ShardPlan, fmt: str, image_format
                         "identities": len(sc["identities"])} for sc in sidecars] if fmt == "webdataset" else [],
         }
         if fmt == "rec":
+            _remove_stale_merge_temporaries(out_dir)
             summary["rec"] = merge_rec(out_dir, sidecars, len(plan.names), image_size, shuffle_seed, header)
         write_json_atomic(summary, summary_path)
         log.info("export complete: %d identities, %d images (%s) in %s", summary["num_classes"],

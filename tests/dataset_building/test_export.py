@@ -165,6 +165,8 @@ def test_killed_export_resumes_to_identical_bytes(folders: Path, tmp_path: Path,
         run(folders, tmp_path / "killed", fmt, *keep)
     monkeypatch.setattr(shards.os, "replace", real_replace)
     assert not (tmp_path / "killed" / "export_summary.json").exists()
+    if fmt == "rec":
+        (tmp_path / "killed" / ".train.rec.k1ll3d.tmp").write_bytes(b"what a SIGKILL during a merge leaves")
     run(folders, tmp_path / "killed", fmt, *keep)
     assert tree(tmp_path / "killed") == tree(tmp_path / "clean")  # no temporaries left, same bytes
 
