@@ -1,0 +1,84 @@
+"""Convert class folders or identity blocks into ``rec``, ``webdataset`` or ``folders`` shards (``export_dataset.py``).
+
+The input is what ``split_identity_blocks.py`` writes (``<identity>/<k>.png``) or what
+``sample.py``/``align.py`` write (``<identity>.grid<r>x<c>.png`` blocks, read with
+:mod:`utils.identity_blocks`). Identities keep their natural name order (``id2`` before ``id10``),
+which defines the labels; ``export.identities``/``export.images_per_identity`` select the first N
+identities with at least K images and their first K images, as ``split_identity_blocks.py`` does.
+
+Each process (``export.shard_index``/``export.num_shards``, or torchrun's RANK/WORLD_SIZE) writes
+its shard files (:class:`dataset_building.shards.ShardSetWriter`); a rerun continues with the next
+unfinished one. With ``export.stage=all`` the process that finds every shard file written then runs
+:func:`dataset_building.merge.finalize` (the ``rec`` merge and ``export_summary.json``);
+``export.stage=finalize`` runs only that step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from dataset_building.merge import finalize
+from dataset_building.shards import ShardPlan, ShardSetWriter, check_identity_name, resolve_task
+from utils.face_dataset import count_images
+from utils.identity_blocks import discover_identities, read_identity
+
+log = logging.getLogger(__name__)
+
+STAGES = ("all", "shards", "finalize")
+EXPECTED_INPUT = "<identity>/<k>.png class folders or <identity>.grid<r>x<c>.png identity blocks"
+
+
+def discover_sources(input_dir: str | os.PathLike) -> dict[str, Path]:
+    """Identity -> block file or image folder in ``input_dir`` (natural name order), names checked."""
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"export.input={folder}: no such folder (expected {EXPECTED_INPUT})")
+    sources = discover_identities(folder)
+    if not sources:
+        raise ValueError(f"export.input={folder}: found no identities (expected {EXPECTED_INPUT})")
+    for name in sources:
+        check_identity_name(name, f"export.input={folder}")
+    return sources
+
+
+def select_identities(sources: dict[str, Path], identities: int | None = None, images_per_identity: int | None = None,
+                      tile_size: int | None = None) -> list[str]:
+    """The first ``identities`` names (all if None) among those with at least ``images_per_identity`` images."""
+    names = list(sources)
+    if images_per_identity:
+        names = [n for n in names if count_images(sources[n], tile_size) >= images_per_identity]
+    if identities is not None:
+        if len(names) < identities:
+            raise ValueError(f"export.identities={identities} but only {len(names)} of {len(sources)} identities "
+                             f"have >= {images_per_identity or 1} images")
+        names = names[:identities]
+    if not names:
+        raise ValueError(f"no identity has export.images_per_identity={images_per_identity} images")
+    return names
+
+
+def export_dataset(cfg: DictConfig) -> dict | None:
+    """Write this process's shard files of ``cfg.export.input`` into ``cfg.export.output``, then finalize.
+
+    Returns:
+        The export summary once every shard file exists (``export_summary.json``), else None.
+    """
+    e = cfg.export
+    if e.stage not in STAGES:
+        raise ValueError(f"export.stage must be one of {STAGES}, found {e.stage!r}")
+    sources = discover_sources(e.input)
+    names = select_identities(sources, e.identities, e.images_per_identity, e.tile_size)
+    plan = ShardPlan(tuple(names), int(e.identities_per_shard), resolve_task(e.shard_index, e.num_shards))
+    if e.stage != "finalize":
+        with ShardSetWriter(e.output, plan, e.format, e.image_format, int(e.jpeg_quality), int(e.image_size)) as writer:
+            for _, name in tqdm(writer.pending(), desc=f"exporting ({e.format})", unit="id"):
+                images = read_identity(sources[name], e.tile_size)
+                writer.add(name, images[: e.images_per_identity or None])
+    if e.stage == "shards":
+        return None
+    return finalize(e.output, plan, e.format, e.image_format, int(e.image_size), e.rec.shuffle_seed, bool(e.rec.header),
+                    bool(e.rec.keep_shards))
