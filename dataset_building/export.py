@@ -2,7 +2,7 @@
 
 The input is what ``split_identity_blocks.py`` writes (``<identity>/<k>.png``) or what
 ``sample.py``/``align.py`` write (``<identity>.grid<r>x<c>.png`` blocks, read with
-:mod:`utils.identity_blocks`). Identities keep their natural name order (``id2`` before ``id10``),
+:mod:`utils.image_io`). Identities keep their natural name order (``id2`` before ``id10``),
 which defines the labels; ``export.identities``/``export.images_per_identity`` select the first N
 identities with at least K images and their first K images, as ``split_identity_blocks.py`` does.
 
@@ -22,9 +22,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dataset_building.merge import finalize
-from dataset_building.shards import ShardPlan, ShardSetWriter, check_identity_name, resolve_task
-from utils.face_dataset import count_images
-from utils.identity_blocks import discover_identities, read_identity
+from dataset_building.shards import (
+    ShardPlan,
+    ShardSetWriter,
+    check_identity_name,
+    resolve_task,
+)
+from dataset_building.split import count_images
+from utils.image_io import discover_identities, read_identity
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_building.recordio import RecordReader, RecordWriter, pack, unpack, write_property
+from dataset_building.recordio import (
+    RecordReader,
+    RecordWriter,
+    pack,
+    unpack,
+    write_property,
+)
 from dataset_building.shards import (
     REC_SHARD_DIR,
     SUMMARY,
     ShardPlan,
     shard_name,
-    temporary_path,
-    write_json_atomic,
 )
-from utils.identity_blocks import folder_images
+from utils.atomic import temporary_beside, write_json_atomic
+from utils.image_io import folder_images
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ def merge_rec(out_dir: str | os.PathLike, sidecars: list[dict], num_classes: int
     identities = [identity for sc in sidecars for identity in sc["identities"]]
     with_identity_records = header and seed is None
     finals = [out_dir / name for name in REC_FILES]
-    temps = [temporary_path(f) for f in finals]
+    temps = [temporary_beside(f) for f in finals]
     try:
         with RecordWriter(temps[0], temps[1]) as writer:
             if header:
@@ -157,7 +162,7 @@ def finalize(out_dir: str | os.PathLike, plan: ShardPlan, fmt: str, image_format
         if fmt == "rec":
             _remove_stale_merge_temporaries(out_dir)
             summary["rec"] = merge_rec(out_dir, sidecars, len(plan.names), image_size, shuffle_seed, header)
-        write_json_atomic(summary, summary_path)
+        write_json_atomic(summary_path, summary, indent=1, sort_keys=True)
         log.info("export complete: %d identities, %d images (%s) in %s", summary["num_classes"],
                  summary["num_images"], fmt, out_dir)
     if fmt == "rec" and not keep_shards and (out_dir / REC_SHARD_DIR).is_dir():

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,8 @@ from PIL import Image
 
 from dataset_building.recordio import RecordWriter, pack
 from dataset_building.webdataset import TarShardWriter, sample_key
-from utils.identity_blocks import write_image_folder
+from utils.atomic import temporary_beside, write_json_atomic
+from utils.image_io import write_image_folder
 
 log = logging.getLogger(__name__)
 
@@ -127,34 +127,6 @@ def encode_image(image: np.ndarray, image_format: str = "png", jpeg_quality: int
     return buffer.getvalue()
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Write ``data`` as sorted, indented JSON via a temporary file + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temporary_path(final: Path) -> Path:
-    """An empty file ``.<final name>.<random>.tmp`` beside ``final`` (renamed into place when complete)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    _readable(tmp)
-    return Path(tmp)
-
-
-def _readable(path: str | os.PathLike) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would: 0666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 class _OpenShard:
     """One shard file being written under temporary names."""
 
@@ -162,7 +134,7 @@ class _OpenShard:
         self.s, self.fmt, self.image_format = s, fmt, image_format
         suffixes = (".rec", ".idx") if fmt == "rec" else (".tar",)
         self.finals = [folder / f"{shard_name(s)}{x}" for x in suffixes]
-        self.temps = [temporary_path(f) for f in self.finals]
+        self.temps = [temporary_beside(f) for f in self.finals]
         self.identities: list[list] = []
         self.images = 0
         if fmt == "rec":
@@ -195,7 +167,7 @@ class _OpenShard:
             self.rec.close()
         else:
             self.tar.close()
-        write_json_atomic(sidecar, self.finals[0].with_suffix(".json"))
+        write_json_atomic(self.finals[0].with_suffix(".json"), sidecar, indent=1, sort_keys=True)
         for tmp, final in zip(self.temps[::-1], self.finals[::-1], strict=True):
             os.replace(tmp, final)
 
@@ -253,7 +225,7 @@ class ShardSetWriter:
                                  f"{[found.get(k) for k in changed]} there, {[plan[k] for k in changed]} now); "
                                  "use a new export.output or the same settings")
         else:
-            write_json_atomic(plan, path)
+            write_json_atomic(path, plan, indent=1, sort_keys=True)
 
     def _finished(self, s: int) -> bool:
         if self.fmt == "folders":

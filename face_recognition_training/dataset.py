@@ -44,7 +44,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    get_worker_info,
+)
 from torchvision import transforms
 
 from dataset_building.recordio import RecordReader, read_property, unpack

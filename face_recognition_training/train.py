@@ -31,11 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from face_recognition_training.dataset import (
-    ClassFolderDataset,
-    EpochLoader,
-    build_transform,
-)
+from face_recognition_training.dataset import EpochLoader, StreamLoader, build_training_data
 from face_recognition_training.evaluate import (
     evaluate_backbone,
     format_table,
@@ -90,7 +86,7 @@ def amp_enabled(setting: Any, device: torch.device) -> bool:
 def train_one_epoch(
     model: nn.Module,
     fr_model: FRModel,
-    loader: EpochLoader,
+    loader: EpochLoader | StreamLoader,
     epoch: int,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -178,11 +174,9 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
     seed_everything(cfg.train.seed + ctx.rank)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    dataset = ClassFolderDataset(cfg.data.root, width=cfg.data.width, depth=cfg.data.depth,
-                                 transform=build_transform(cfg.data.augment, cfg.data.random_erasing),
-                                 image_size=cfg.data.image_size)
-    loader = EpochLoader(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
-                         num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda")
+    dataset, loader = build_training_data(cfg.data, cfg.train.batch_size, seed=cfg.train.seed, rank=ctx.rank,
+                                          world_size=ctx.world_size,
+                                          pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda")
     schedule = cfg.fr.schedule
     needs_eval = schedule.name == "plateau" or schedule.early_stop_patience > 0
     sets = load_verification_sets(cfg.eval.bin_dir, cfg.eval.benchmarks) if ctx.is_main and cfg.eval.bin_dir else []

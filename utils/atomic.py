@@ -30,24 +30,35 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+def temporary_beside(final: str | os.PathLike) -> Path:
+    """Create an empty ``.<final name>.<random>.tmp`` beside ``final`` with the mode ``open()`` would give.
+
+    For writers that fill several files and rename them together in a chosen order (the data file
+    last); :func:`atomic_file` is the one-file case.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary beside ``path`` for writing; on success flush, fsync and rename it to ``path``.
 
     On any exception the temporary is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_beside(path)
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -65,9 +76,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
     """Write ``data`` as JSON (with a final newline) to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+    return write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 @contextmanager

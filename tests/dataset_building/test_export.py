@@ -16,7 +16,7 @@ from dataset_building.recordio import RecordReader, read_property, unpack
 from dataset_building.shards import ShardPlan, ShardSetWriter
 from dataset_building.webdataset import iter_samples
 from utils.config import compose
-from utils.identity_blocks import block_name, read_identity, write_block
+from utils.image_io import block_name, read_identity, write_block
 
 SIZE = 16
 COUNTS = {"id0": 3, "id1": 5, "id2": 2, "id10": 4, "id3": 1}  # natural order: id0 id1 id2 id3 id10

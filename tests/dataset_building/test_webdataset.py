@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from dataset_building.webdataset import TarShardWriter, image_and_label, iter_samples, sample_key, split_key
+from dataset_building.webdataset import (
+    TarShardWriter,
+    image_and_label,
+    iter_samples,
+    sample_key,
+    split_key,
+)
 
 LONG = "identity_" + "x" * 120  # longer than a ustar name field: needs a pax path record
 
