@@ -75,7 +75,7 @@ def choose_negatives(embeddings: torch.Tensor, mode: str, rows: Sequence[int] | 
     x = F.normalize(embeddings, dim=1)
     rows_t = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
     rows_t = rows_t.to(x.device)
-    sign = 1.0 if mode == "close" else -1.0
+    sign = 1 if mode == "close" else -1
     chosen = []
     for r0 in range(0, len(rows_t), chunk_size):
         query_rows = rows_t[r0 : r0 + chunk_size]
@@ -83,9 +83,12 @@ def choose_negatives(embeddings: torch.Tensor, mode: str, rows: Sequence[int] | 
         best_value = torch.full((len(query_rows),), -math.inf, dtype=x.dtype, device=x.device)
         best_index = torch.zeros(len(query_rows), dtype=torch.long, device=x.device)
         for c0 in range(0, n, chunk_size):
-            score = sign * (query @ x[c0 : c0 + chunk_size].T)  # (r, c)
-            own = query_rows.view(-1, 1) == torch.arange(c0, c0 + score.shape[1], device=x.device).view(1, -1)
-            value, index = score.masked_fill(own, -math.inf).max(dim=1)
+            score = query @ x[c0 : c0 + chunk_size].T  # (r, c)
+            if sign < 0:
+                score = score.neg_()
+            inside = (query_rows >= c0) & (query_rows < c0 + score.shape[1])  # a row meets itself in this block
+            score[inside.nonzero().squeeze(1), query_rows[inside] - c0] = -math.inf
+            value, index = score.max(dim=1)
             better = value > best_value  # strict: earlier columns win ties
             best_value = torch.where(better, value, best_value)
             best_index = torch.where(better, index + c0, best_index)
