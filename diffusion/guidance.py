@@ -75,7 +75,6 @@ def choose_negatives(embeddings: torch.Tensor, mode: str, rows: Sequence[int] | 
     x = F.normalize(embeddings, dim=1)
     rows_t = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
     rows_t = rows_t.to(x.device)
-    sign = 1 if mode == "close" else -1
     chosen = []
     for r0 in range(0, len(rows_t), chunk_size):
         query_rows = rows_t[r0 : r0 + chunk_size]
@@ -84,8 +83,8 @@ def choose_negatives(embeddings: torch.Tensor, mode: str, rows: Sequence[int] | 
         best_index = torch.zeros(len(query_rows), dtype=torch.long, device=x.device)
         for c0 in range(0, n, chunk_size):
             score = query @ x[c0 : c0 + chunk_size].T  # (r, c)
-            if sign < 0:
-                score = score.neg_()
+            if mode == "far":
+                score = score.neg_()  # the least similar is the most similar to the negation
             inside = (query_rows >= c0) & (query_rows < c0 + score.shape[1])  # a row meets itself in this block
             score[inside.nonzero().squeeze(1), query_rows[inside] - c0] = -math.inf
             value, index = score.max(dim=1)
