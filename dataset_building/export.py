@@ -26,9 +26,9 @@ from dataset_building.shards import (
     ShardPlan,
     ShardSetWriter,
     check_identity_name,
-    resolve_task,
 )
 from dataset_building.split import count_images
+from utils.distributed import resolve_task
 from utils.image_io import discover_identities, read_identity
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def export_dataset(cfg: DictConfig) -> dict | None:
         raise ValueError(f"export.stage must be one of {STAGES}, found {e.stage!r}")
     sources = discover_sources(e.input)
     names = select_identities(sources, e.identities, e.images_per_identity, e.tile_size)
-    plan = ShardPlan(tuple(names), int(e.identities_per_shard), resolve_task(e.shard_index, e.num_shards))
+    plan = ShardPlan(tuple(names), int(e.identities_per_shard), resolve_task(e.shard_index, e.num_shards, "export"))
     if e.stage != "finalize":
         with ShardSetWriter(e.output, plan, e.format, e.image_format, int(e.jpeg_quality), int(e.image_size)) as writer:
             for _, name in tqdm(writer.pending(), desc=f"exporting ({e.format})", unit="id"):

@@ -63,17 +63,6 @@ def check_identity_name(name: str, where: str = "identity") -> None:
                          "'/', '\\', '..', a leading '.' or control characters)")
 
 
-def resolve_task(shard_index: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
-    """(index, count) of this process: explicit values (job arrays), else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    if (shard_index is None) != (num_shards is None):
-        raise ValueError(f"set both export.shard_index and export.num_shards, found {shard_index} and {num_shards}")
-    if shard_index is None:
-        shard_index, num_shards = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"export.shard_index must be in [0, export.num_shards={num_shards}), found {shard_index}")
-    return int(shard_index), int(num_shards)
-
-
 @dataclass(frozen=True)
 class ShardPlan:
     """Which identities go into which shard file, and which shard files this process writes.

@@ -13,17 +13,16 @@ import torch
 from torch import nn
 
 from diffusion.samplers import (
+    SAMPLERS,
     DDIMSampler,
     DDPMSampler,
+    DPMSolverPP2MSampler,
+    Sampler,
     guided_eps,
     per_sample_noise,
     sample_loop,
 )
-from diffusion.schedules import (
-    SCHEDULE_BUFFERS,
-    compute_beta_schedule,
-    schedule_constants,
-)
+from diffusion.schedules import SCHEDULE_BUFFERS, compute_beta_schedule, schedule_constants
 from utils.checkpoint import load_checkpoint
 
 
@@ -88,17 +87,21 @@ class DenoisingDiffusionProbabilisticModel(nn.Module):
         x_t = self.q_sample(x0, t, eps)
         return self.criterion(eps, self.eps_model(x_t, t, context, dropout_mask))
 
-    def sampler(self, name: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-                clip_x0: float | None = None) -> DDPMSampler | DDIMSampler:
-        """``ddpm`` (the original, all T steps) or ``ddim`` with ``steps`` steps (default T) and ``eta``.
+    def sampler(self, name: str = "ddpm", steps: int | None = None, eta: float = 0.0, clip_x0: float | None = None,
+                timestep_spacing: str = "linspace", timesteps: Sequence[int] | None = None) -> Sampler:
+        """``ddpm`` (the original, all T steps), ``ddim`` (with ``eta``) or ``dpmpp_2m`` (DPM-Solver++(2M)).
 
+        ``ddim`` and ``dpmpp_2m`` visit ``steps`` timesteps (default T) spread by ``timestep_spacing``
+        (``linspace``, ``leading``, ``trailing``), or exactly the explicit ``timesteps`` (highest first).
         ``clip_x0``: clip the x0 estimate to [-clip_x0, clip_x0] each step (pixel space: 1.0); None = the original.
         """
         if name == "ddpm":
             return DDPMSampler.from_model(self, clip_x0)
         if name == "ddim":
-            return DDIMSampler.from_model(self, steps or self.T, eta, clip_x0)
-        raise ValueError(f"unknown sampler {name!r}; expected 'ddpm' or 'ddim'")
+            return DDIMSampler.from_model(self, steps, eta, clip_x0, timestep_spacing, timesteps)
+        if name == "dpmpp_2m":
+            return DPMSolverPP2MSampler.from_model(self, steps, clip_x0, timestep_spacing, timesteps)
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
 
     @torch.no_grad()
     def sample(

@@ -29,19 +29,14 @@ from torch import nn
 from tqdm import tqdm
 
 from contexts.sources import load_contexts
-from diffusion.ddpm import (
-    DenoisingDiffusionProbabilisticModel,
-    load_diffusion_checkpoint,
-)
-from diffusion.samplers import guided_eps, per_sample_noise, sample_loop
-from models.autoencoder.vqgan import (
-    VQ_F4_EMBED_DIM,
-    VQ_F4_N_EMBED,
-    VQDecoderInterface,
-    load_vq_decoder,
-)
+from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from diffusion.guidance import negative_contexts
+from diffusion.samplers import EpsFn, guided_eps, per_sample_noise, sample_loop
+from diffusion.sampling_settings import SamplerSettings
+from models.autoencoder.vqgan import VQ_F4_EMBED_DIM, VQ_F4_N_EMBED, VQDecoderInterface, load_vq_decoder
 from utils.checkpoint import CheckpointError
 from utils.config import CONFIG_DIR, resolve_device
+from utils.distributed import resolve_task
 from utils.image_io import block_name, write_block, write_image_folder
 
 log = logging.getLogger(__name__)
@@ -166,52 +161,62 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def guided_eps_fn(model: TrainedModel, context: torch.Tensor, settings: SamplerSettings,
+                  negative_context: torch.Tensor | None = None) -> EpsFn:
+    """``eps_fn(x_t, t)`` for :func:`diffusion.samplers.sample_loop`: the eps model in micro-batches,
+    with guidance and autocast as ``settings`` say.
+
+    Args:
+        context: (B, D) identity contexts; negative_context: (B, D), required when ``settings.negative``
+            is active (a mode and a non-zero scale) and unused otherwise.
+    """
+    device = model.diffusion.betas.device
+    eps_model = MicroBatched(model.diffusion.eps_model, settings.micro_batch)
+    context = context.to(device)
+    scale = settings.negative.scale if settings.negative.active else 0.0
+    if scale != 0.0:
+        found = None if negative_context is None else tuple(negative_context.shape)
+        if found != tuple(context.shape):
+            raise ValueError(f"sampling.negative.mode={settings.negative.mode} needs negative_context of shape "
+                             f"{tuple(context.shape)}, found {found}")
+        negative_context = negative_context.to(device)
+    amp_dtype = settings.amp_dtype
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if amp_dtype is not None and not torch.is_autocast_enabled(device.type):
+                raise ValueError(f"sampling.amp={settings.amp} is not supported on {device.type} by torch "
+                                 f"{torch.__version__}; use bfloat16 or null")
+            return guided_eps(eps_model, x_t, t, context, settings.guidance_scale, negative_context, scale)
+
+    return eps_fn
+
+
 @torch.no_grad()
 def sample_images(
     model: TrainedModel,
     context: torch.Tensor,
     seeds: Sequence[int],
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
-    micro_batch: int = 8,
-    amp_dtype: torch.dtype | None = None,
-    clip_x0: float | None = None,
+    settings: SamplerSettings | None = None,
+    negative_context: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Sample and decode one image per row of ``context`` (B, D), row b seeded by ``seeds[b]``.
 
-    ``clip_x0``: see :mod:`diffusion.samplers` (1.0 for pixel-space models, None for latents).
+    ``negative_context`` (B, D): see :func:`guided_eps_fn`.
 
     Returns:
         (B, H, W, 3) uint8 images.
     """
+    settings = settings or SamplerSettings()
     device = model.diffusion.betas.device
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    eps_model = MicroBatched(model.diffusion.eps_model, micro_batch)
-    context = context.to(device)
-
-    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return guided_eps(eps_model, x_t, t, context, guidance_scale)
-
     x_T = per_sample_noise(generators, model.latent_size, device)
-    x_0 = sample_loop(eps_fn, model.diffusion.sampler(sampler, steps, eta, clip_x0), x_T,
+    eps_fn = guided_eps_fn(model, context, settings, negative_context)
+    x_0 = sample_loop(eps_fn, settings.build_sampler(model.diffusion), x_T,
                       lambda x: per_sample_noise(generators, model.latent_size, device))
     if model.decoder is not None:
-        x_0 = MicroBatched(model.decoder, micro_batch)(x_0)
+        x_0 = MicroBatched(model.decoder, settings.micro_batch)(x_0)
     return to_uint8(x_0)
-
-
-def resolve_shard(shard_index: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
-    """(index, count) from explicit values (job arrays), else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    if (shard_index is None) != (num_shards is None):
-        raise ValueError(f"set both sampling.shard_index and sampling.num_shards, found {shard_index} and {num_shards}")
-    if shard_index is None:
-        shard_index, num_shards = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard index must be in [0, {num_shards}), found {shard_index}")
-    return int(shard_index), int(num_shards)
 
 
 def _is_done(out_dir: Path, identity: str, n_images: int, output: str) -> bool:
@@ -259,17 +264,11 @@ def generate_dataset(
     contexts: np.ndarray,
     out_dir: str | os.PathLike,
     n_images: int,
+    settings: SamplerSettings | None = None,
     seed: int = 42,
-    batch_size: int = 64,
-    micro_batch: int = 8,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance_scale: float = 1.0,
+    batch_size: int = 50,
     output: str = "block",
     shard: tuple[int, int] = (0, 1),
-    amp_dtype: torch.dtype | None = None,
-    clip_x0: float | None = None,
 ) -> GenerationSummary:
     """Sample ``n_images`` per identity for this shard's identities and write them to ``out_dir``.
 
@@ -278,8 +277,11 @@ def generate_dataset(
 
     Args:
         names: N identity names; contexts: (N, D) float32 contexts.
+        settings: how to sample (default: the original's DDPM); with negative guidance, ``close`` and
+            ``far`` negatives are chosen among all N contexts.
         shard: (index, count); identity i belongs to shard ``i % count``.
     """
+    settings = settings or SamplerSettings()
     if output not in OUTPUTS:
         raise ValueError(f"sampling.output must be one of {OUTPUTS}, found {output!r}")
     if contexts.shape[1] != model.context_dim:
@@ -292,6 +294,10 @@ def generate_dataset(
     log.info("shard %d/%d: %d identities, %d already done, %d to sample", index, count, len(mine),
              len(mine) - len(pending), len(pending))
     work = [(i, k) for i in pending for k in range(n_images)]
+    negatives = None
+    if settings.negative.active:
+        negatives = dict(zip(pending, negative_contexts(settings.negative, names, contexts, pending,
+                                                        model.diffusion.betas.device)))
     buffers: dict[int, list[np.ndarray]] = {}
     start_time = time.perf_counter()
     with tqdm(total=len(work), desc=f"sampling shard {index}", unit="img") as bar:
@@ -299,8 +305,8 @@ def generate_dataset(
             batch = work[start : start + batch_size]
             context = torch.from_numpy(np.stack([contexts[i] for i, _ in batch]))
             seeds = [image_seed(seed, names[i], k) for i, k in batch]
-            images = sample_images(model, context, seeds, sampler, steps, eta, guidance_scale, micro_batch, amp_dtype,
-                                   clip_x0)
+            negative = None if negatives is None else torch.from_numpy(np.stack([negatives[i] for i, _ in batch]))
+            images = sample_images(model, context, seeds, settings, negative)
             for (i, _), image in zip(batch, images):
                 buffers.setdefault(i, []).append(image)
                 if len(buffers[i]) == n_images:
@@ -318,9 +324,6 @@ def generate_dataset(
     return summary
 
 
-AMP_DTYPES = {None: None, "none": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def samples_dir(cfg: DictConfig) -> Path:
     """``<sampling.out_dir>/<run name>[_non_ema|_<step>]/<contexts file stem>``, the original's layout."""
     which = str(cfg.checkpoint.which)
@@ -331,9 +334,8 @@ def samples_dir(cfg: DictConfig) -> Path:
 def sample_from_config(cfg: DictConfig) -> GenerationSummary:
     """``sample.py``: load the run and the contexts, then :func:`generate_dataset` for this shard."""
     s = cfg.sampling
-    if s.amp not in AMP_DTYPES:
-        raise ValueError(f"sampling.amp must be one of {sorted(k for k in AMP_DTYPES if k)} or null, found {s.amp!r}")
-    shard = resolve_shard(s.shard_index, s.num_shards)
+    settings = SamplerSettings.from_config(s)
+    shard = resolve_task(s.shard_index, s.num_shards, "sampling")
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -351,7 +353,5 @@ def sample_from_config(cfg: DictConfig) -> GenerationSummary:
         OmegaConf.save(cfg, out_dir.parent / f"{out_dir.name}.yaml")
     return generate_dataset(
         model, contexts.names[:n_contexts], contexts.embeddings[:n_contexts], out_dir, int(s.n_samples_per_context),
-        seed=int(s.seed), batch_size=int(s.batch_size), micro_batch=int(s.micro_batch), sampler=s.sampler,
-        steps=s.steps, eta=float(s.eta), guidance_scale=float(s.guidance_scale), output=s.output, shard=shard,
-        amp_dtype=AMP_DTYPES[s.amp], clip_x0=s.clip_x0,
+        settings, seed=int(s.seed), batch_size=int(s.batch_size), output=s.output, shard=shard,
     )

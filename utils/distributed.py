@@ -112,3 +112,15 @@ def broadcast_object(obj: Any, ctx: DistributedContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def resolve_task(shard_index: int | None = None, num_shards: int | None = None, key: str = "sampling") -> tuple[int, int]:
+    """(index, count) of this process's share of a job: explicit values (cluster job arrays), else torchrun's
+    RANK/WORLD_SIZE, else (0, 1). ``key`` names the config section in error messages (``<key>.shard_index``)."""
+    if (shard_index is None) != (num_shards is None):
+        raise ValueError(f"set both {key}.shard_index and {key}.num_shards, found {shard_index} and {num_shards}")
+    if shard_index is None:
+        shard_index, num_shards = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    if not 0 <= int(shard_index) < int(num_shards):
+        raise ValueError(f"{key}.shard_index must be in [0, {key}.num_shards={num_shards}), found {shard_index}")
+    return int(shard_index), int(num_shards)

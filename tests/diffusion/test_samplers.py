@@ -1,18 +1,14 @@
-"""DDIM and classifier-free guidance against closed forms."""
+"""DDIM, timestep spacings and classifier-free guidance against closed forms."""
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
-from diffusion.samplers import (
-    DDIMSampler,
-    DDPMSampler,
-    ddim_timesteps,
-    guided_eps,
-    sample_loop,
-)
+from diffusion.samplers import DDIMSampler, DDPMSampler, check_timesteps, guided_eps, sample_loop, spaced_timesteps
 
 
 class PointMassEps(nn.Module):
@@ -27,12 +23,82 @@ class PointMassEps(nn.Module):
         return (x_t - a.sqrt() * self.mu) / (1 - a).sqrt()
 
 
-def test_ddim_timesteps():
-    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
-    steps = ddim_timesteps(1000, 50)
-    assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0
+def closed_form(T: int, n: int, spacing: str) -> list[set[int]]:
+    """diffusers' definitions in exact rational arithmetic, highest first: the allowed integer(s) per step.
+
+    Where the exact value is a tie (k + 1/2) diffusers rounds its float64 approximation, which may
+    fall on either side; everywhere else the timestep is the exact rational rounded.
+    """
+    if spacing == "linspace":
+        values = [Fraction((T - 1) * i, n - 1) if n > 1 else Fraction(0) for i in range(n)]
+    elif spacing == "leading":
+        values = [Fraction(i * (T // n)) for i in range(n)]
+    else:
+        values = [Fraction(T * (n - i), n) - 1 for i in range(n)]
+    allowed = [{math.floor(v), math.ceil(v)} if v.denominator == 2 else {round(v)} for v in values]
+    return sorted(allowed, key=min, reverse=True)
+
+
+@pytest.mark.parametrize("T, n", [(1000, 50), (1000, 20), (1000, 14), (1000, 1), (1000, 1000), (10, 6), (100, 38),
+                                  (1000, 7), (1000, 25), (10, 4), (2000, 37)])
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_timestep_spacings_equal_their_closed_forms(T, n, spacing):
+    """The first seven (T, n) have no ties; the last four have ties in linspace and/or trailing."""
+    steps = spaced_timesteps(T, n, spacing)
+    allowed = closed_form(T, n, spacing)
+    assert len(steps) == n and all(t in a for t, a in zip(steps, allowed)), (steps, allowed)
+    assert all(b < a for a, b in zip(steps, steps[1:])) and 0 <= steps[-1] and steps[0] <= T - 1
+
+
+def test_timestep_spacings_examples():
+    """The endpoints that tell the spacings apart (T = 1000, n = 10)."""
+    assert spaced_timesteps(1000, 10, "linspace") == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert spaced_timesteps(1000, 10, "leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert spaced_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    # diffusers' np.arange overshoots to an 11th ... 62nd timestep (-1) for some n; we keep exactly n
+    assert len(spaced_timesteps(1000, 61, "trailing")) == 61 and spaced_timesteps(1000, 61, "trailing")[-1] == 15
+
+
+def test_linspace_is_the_previous_ddim_schedule():
+    """linspace keeps what DDIM visited before spacings existed: the rounded, de-duplicated np.linspace."""
+    for n in range(1, 1001):
+        previous = sorted({int(round(v)) for v in np.linspace(0, 999, n)}, reverse=True)
+        assert spaced_timesteps(1000, n, "linspace") == previous
+
+
+def test_timestep_errors_are_clear():
     with pytest.raises(ValueError, match="steps <= T=1000"):
-        ddim_timesteps(1000, 1001)
+        spaced_timesteps(1000, 1001)
+    with pytest.raises(ValueError, match="timestep_spacing must be one of"):
+        spaced_timesteps(1000, 10, "uniform")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        check_timesteps([999, 500, 500, 0], 1000)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        check_timesteps([0, 500, 999], 1000)
+    with pytest.raises(ValueError, match=r"in \[0, T-1=999\], got 1000"):
+        check_timesteps([1000, 10], 1000)
+    with pytest.raises(ValueError, match=r"got 10 .. -1"):
+        check_timesteps([10, -1], 1000)
+    with pytest.raises(ValueError, match="non-empty list of integers"):
+        check_timesteps([999, 5.5], 1000)
+    with pytest.raises(ValueError, match="non-empty list of integers"):
+        check_timesteps([], 1000)
+    ddpm = DenoisingDiffusionProbabilisticModel(nn.Identity(), T=1000)
+    with pytest.raises(ValueError, match="steps=3 disagrees with the 2 explicit timesteps"):
+        ddpm.sampler("ddim", 3, timesteps=[999, 0])
+
+
+def test_explicit_timesteps_reproduce_a_spacing():
+    """An explicit list runs exactly the steps of the spacing it spells out."""
+    ddpm = DenoisingDiffusionProbabilisticModel(nn.Identity(), T=1000)
+    toy = lambda x, t: torch.sin(x) + t.view(-1, 1, 1, 1) / 1000.0  # noqa: E731
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    spelled = [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    explicit = ddpm.sampler("ddim", timesteps=spelled)
+    assert explicit.timesteps == spelled
+    trailing = ddpm.sampler("ddim", 10, timestep_spacing="trailing")
+    assert torch.equal(sample_loop(toy, explicit, x_T), sample_loop(toy, trailing, x_T))
+    assert not torch.equal(sample_loop(toy, explicit, x_T), sample_loop(toy, ddpm.sampler("ddim", 10), x_T))
 
 
 @pytest.mark.parametrize("n_steps", [1000, 37])

@@ -1,0 +1,110 @@
+"""The sampling settings of ``sample.py`` in one validated object, built from the ``sampling`` config in one place."""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from diffusion.guidance import NegativeSettings
+from diffusion.samplers import SAMPLERS, TIMESTEP_SPACINGS, Sampler
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check(ok: bool, key: str, expected: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"sampling.{key} must be {expected}, found {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How images are sampled: the ``sampling`` keys of ``configs/sample_config.yaml`` that shape an image.
+
+    The defaults are the config's (a test checks it) and reproduce the original: DDPM over all T
+    steps, no guidance, fp32. Every value is checked once here, naming its config key.
+
+    Attributes:
+        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``. steps: visited timesteps (ddim/dpmpp_2m; None = T).
+        timestep_spacing: ``linspace``, ``leading`` or ``trailing``; timesteps: explicit list, highest first.
+        eta: DDIM noise (0 = deterministic). clip_x0: clip the x0 estimate to [-c, c] (pixel space 1.0) or None.
+        guidance_scale: classifier-free guidance w (1 = plain conditional). negative: negative-context guidance.
+        micro_batch: rows per model call. amp: None, ``float16`` or ``bfloat16`` autocast (CUDA and CPU).
+    """
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    timestep_spacing: str = "linspace"
+    timesteps: tuple[int, ...] | None = None
+    eta: float = 0.0
+    clip_x0: float | None = None
+    guidance_scale: float = 1.0
+    negative: NegativeSettings = field(default_factory=NegativeSettings)
+    micro_batch: int = 50
+    amp: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}", self.sampler)
+        _check(self.steps is None or (_is_int(self.steps) and self.steps >= 1), "steps", "null or an integer >= 1",
+               self.steps)
+        _check(self.timestep_spacing in TIMESTEP_SPACINGS, "timestep_spacing", f"one of {TIMESTEP_SPACINGS}",
+               self.timestep_spacing)
+        values = self.timesteps
+        _check(values is None or (isinstance(values, tuple) and len(values) > 0
+                                  and all(_is_int(v) and v >= 0 for v in values)
+                                  and all(b < a for a, b in zip(values, values[1:]))),
+               "timesteps", "null or a strictly decreasing list of integers >= 0", values)
+        _check(values is None or self.steps in (None, len(values)), "steps",
+               f"null or {len(values or ())} (the length of sampling.timesteps)", self.steps)
+        _check(_is_finite(self.eta) and self.eta >= 0, "eta", "a finite number >= 0", self.eta)
+        _check(self.eta == 0 or self.sampler == "ddim", "eta", "0 unless sampling.sampler=ddim", self.eta)
+        _check(self.clip_x0 is None or (_is_finite(self.clip_x0) and self.clip_x0 > 0), "clip_x0",
+               "null or a finite number > 0", self.clip_x0)
+        _check(_is_finite(self.guidance_scale), "guidance_scale", "a finite number", self.guidance_scale)
+        _check(_is_int(self.micro_batch) and self.micro_batch >= 1, "micro_batch", "an integer >= 1",
+               self.micro_batch)
+        _check(self.amp is None or self.amp in AMP_DTYPES, "amp", f"null or one of {tuple(AMP_DTYPES)}", self.amp)
+        if self.sampler == "ddpm" and (self.steps, self.timesteps, self.timestep_spacing) != (None, None, "linspace"):
+            raise ValueError("sampling.sampler=ddpm visits all T timesteps: leave sampling.steps and "
+                             "sampling.timesteps null and sampling.timestep_spacing linspace, "
+                             "or use sampling.sampler=ddim or dpmpp_2m")
+
+    @classmethod
+    def from_config(cls, sampling: DictConfig) -> SamplerSettings:
+        """Read the ``sampling`` node of ``sample_config`` (every key must be present)."""
+        keys = [f.name for f in fields(cls)] + [f"negative.{f.name}" for f in fields(NegativeSettings)]
+        missing = [k for k in keys if OmegaConf.select(sampling, k, default="<missing>") == "<missing>"]
+        if missing:
+            raise ValueError(f"the sampling config lacks sampling.{', sampling.'.join(missing)}; "
+                             "see configs/sample_config.yaml for every key")
+        negative = sampling.negative
+        timesteps = sampling.timesteps
+        amp = None if sampling.amp in (None, "none") else sampling.amp
+        return cls(
+            sampler=sampling.sampler, steps=sampling.steps, timestep_spacing=sampling.timestep_spacing,
+            timesteps=tuple(timesteps) if isinstance(timesteps, ListConfig) else timesteps,
+            eta=sampling.eta, clip_x0=sampling.clip_x0, guidance_scale=sampling.guidance_scale,
+            negative=NegativeSettings(negative.mode, negative.scale, negative.file),
+            micro_batch=sampling.micro_batch, amp=amp,
+        )
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES.get(self.amp)
+
+    def build_sampler(self, diffusion: nn.Module) -> Sampler:
+        """The sampler over the schedule buffers of ``diffusion`` (a ``DenoisingDiffusionProbabilisticModel``)."""
+        return diffusion.sampler(self.sampler, self.steps, self.eta, self.clip_x0, self.timestep_spacing,
+                                 self.timesteps)
+
