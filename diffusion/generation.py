@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from diffusion.ddpm import (
     load_diffusion_checkpoint,
 )
 from diffusion.samplers import guided_eps, per_sample_noise, sample_loop
+from diffusion.train_state import build_diffusion_model
 from models.autoencoder.vqgan import (
     VQ_F4_EMBED_DIM,
     VQ_F4_N_EMBED,
@@ -101,7 +101,7 @@ def load_trained_model(
     if not path.parent.is_dir():
         raise CheckpointError(f"{path.parent} does not exist; the run folder {run_dir} has no checkpoints/ folder")
     device = torch.device(device)
-    diffusion = instantiate(train_cfg.diffusion).to(device)
+    diffusion = build_diffusion_model(train_cfg, config_file).to(device)
     load_diffusion_checkpoint(diffusion, path, map_location=device)
     diffusion.eval().requires_grad_(False)
 
