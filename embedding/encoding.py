@@ -152,7 +152,11 @@ def _fingerprint(identities: list[str], settings: Mapping[str, Any]) -> dict[str
 def _prepare_shard_dir(shard_dir: Path, fingerprint: dict[str, Any]) -> None:
     manifest = shard_dir / "manifest.json"
     if manifest.is_file():
-        found = json.loads(manifest.read_text())
+        try:
+            found = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{manifest} is not the JSON manifest encode.py writes ({err}); delete {shard_dir} "
+                             "to start over") from None
         if found != fingerprint:
             changed = sorted(k for k in set(found) | set(fingerprint) if found.get(k) != fingerprint.get(k))
             raise ValueError(
