@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
 
@@ -33,10 +33,18 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 AUGMENTATIONS = ("none", "ra_4_16")
+UNREADABLE_POLICIES = ("skip", "stop")
+
+
+class UnreadableImageError(ValueError):
+    """A training image cannot be decoded (truncated, not an image)."""
 
 
 class ClassFolderDataset(Dataset):
     """Images in ``root/<identity>/...`` with labels 0..C-1 from the sorted identity folder names.
+
+    Hidden entries (``.name``, e.g. the ``.<identity>.<random>.tmp/`` a killed writer leaves) are
+    neither identities nor images.
 
     Args:
         root: folder of identity folders (images may sit in sub-folders; all sorted).
@@ -44,6 +52,8 @@ class ClassFolderDataset(Dataset):
         depth: number of images kept per identity (first in sorted order); 0 or None keeps all.
         transform: applied to the RGB ``PIL.Image``; returns the (3, H, W) tensor.
         image_size: images of another size are resized (bilinear) to ``image_size`` square first.
+        on_unreadable: ``skip`` logs the file (with a count) and uses the next readable sample, with
+            that sample's label; ``stop`` raises one line naming the file.
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class ClassFolderDataset(Dataset):
         depth: int | None = None,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         image_size: int = 112,
+        on_unreadable: str = "skip",
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -60,7 +71,11 @@ class ClassFolderDataset(Dataset):
         for name, value in (("width", width), ("depth", depth)):
             if value is not None and value < 0:
                 raise ValueError(f"ClassFolderDataset: {name} must be >= 0 (0 = no limit), found {value}")
-        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if on_unreadable not in UNREADABLE_POLICIES:
+            raise ValueError(f"data.on_unreadable must be one of {UNREADABLE_POLICIES}, found {on_unreadable!r}")
+        self.on_unreadable = on_unreadable
+        self.unreadable: set[Path] = set()
+        classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise FileNotFoundError(f"training data root {self.root} contains no identity folders")
         if width:
@@ -70,8 +85,10 @@ class ClassFolderDataset(Dataset):
         self.classes = classes
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
+            folder = self.root / name
             files = sorted(
-                p for p in (self.root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)
             )
             if not files:
                 raise FileNotFoundError(
@@ -90,18 +107,38 @@ class ClassFolderDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index``, square at ``image_size``."""
+        """The RGB image of sample ``index``, square at ``image_size``; raises one line naming an unreadable file."""
         path = self.samples[index][0]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise UnreadableImageError(f"unreadable training image {path}: {type(err).__name__}: {err}") from None
         if img.size != (self.image_size, self.image_size):
             img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
         return img
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | Image.Image, int]:
-        """``(image, label)``: image (3, H, W) in [-1, 1] after the transform, label in [0, C)."""
-        img = self.load_image(index)
-        return (self.transform(img) if self.transform is not None else img), self.samples[index][1]
+        """``(image, label)``: image (3, H, W) in [-1, 1] after the transform, label in [0, C).
+
+        An unreadable image is replaced by the next readable sample (``skip``), whose label is returned.
+        """
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                img = self.load_image(candidate)
+            except UnreadableImageError as err:
+                if self.on_unreadable == "stop":
+                    raise UnreadableImageError(f"{err} (data.on_unreadable=stop; set data.on_unreadable=skip to "
+                                               "train on the next readable image instead)") from None
+                path = self.samples[candidate][0]
+                if path not in self.unreadable:
+                    self.unreadable.add(path)
+                    log.warning("%s; using the next readable image instead (%d unreadable so far in this process)",
+                                err, len(self.unreadable))
+                continue
+            return (self.transform(img) if self.transform is not None else img), self.samples[candidate][1]
+        raise UnreadableImageError(f"no image under {self.root} is readable")
 
 
 def build_transform(augment: str = "none", random_erasing: float = 0.0) -> transforms.Compose:

@@ -180,7 +180,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
         torch.backends.cudnn.benchmark = True
     dataset = ClassFolderDataset(cfg.data.root, width=cfg.data.width, depth=cfg.data.depth,
                                  transform=build_transform(cfg.data.augment, cfg.data.random_erasing),
-                                 image_size=cfg.data.image_size)
+                                 image_size=cfg.data.image_size, on_unreadable=cfg.data.on_unreadable)
     loader = EpochLoader(dataset, cfg.train.batch_size, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
                          num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda")
     schedule = cfg.fr.schedule
