@@ -8,6 +8,7 @@ never written. The run folder's ``.hydra/config.yaml`` has its own test in
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +33,8 @@ from diffusion.train_state import (
     load_training_state,
 )
 from embedding.encoding import encode_dataset
-from embedding.files import load_embeddings
+from diffusion.generation import sample_from_config
+from embedding.files import load_embeddings, save_embeddings
 from face_recognition_training.bin_reader import read_bin
 from face_recognition_training.train import train as train_fr
 from models.autoencoder.vqgan import load_vq_decoder
@@ -40,6 +42,7 @@ from models.diffusion.unet import ConditionalUNet
 from models.iresnet import load_iresnet
 from utils.config import compose
 from utils.distributed import DistributedContext
+from utils.names import UnsafeNameError
 
 CTX = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 VQ_DDCONFIG = {"double_z": False, "z_channels": 3, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
@@ -190,3 +193,25 @@ def test_code_running_pickle_is_refused_by_name(tmp_path: Path, kind: str) -> No
     message = str(err.value)
     assert not marker.exists(), f"{kind}: the payload ran"
     assert str(path) in message and "\n" not in message, f"{kind}: {type(err.value).__name__}: {message}"
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("output", ["block", "files"])
+def test_sample_py_with_hostile_context_names_writes_nothing_outside(tmp_path: Path, output: str) -> None:
+    """A contexts file whose identity names are paths: sample.py refuses each, and no image lands anywhere."""
+    shipped = Path(__file__).resolve().parents[1] / "data" / "demo" / "checkpoint"
+    outside = tmp_path / "outside"
+    work = tmp_path / "deep" / "down" / "here"  # room for '..' to climb without leaving tmp_path
+    for name in ["../../x", str(outside / "abs"), "a/b", ".hidden", "\x00"]:
+        contexts = work / "contexts.pt"  # the original dict format keeps every name as written
+        save_embeddings(contexts, [name], np.ones((1, 128), np.float32) / np.sqrt(128))
+        cfg = compose("sample_config", [
+            "device=cpu", f"checkpoint.path={shipped}", "checkpoint.which=ema", f"sampling.contexts_file={contexts}",
+            "sampling.n_contexts=null", "sampling.n_samples_per_context=1", "sampling.sampler=ddim", "sampling.steps=1",
+            "sampling.batch_size=1", "sampling.micro_batch=1", f"sampling.output={output}",
+            f"sampling.out_dir={work / 'samples'}"])
+        with pytest.raises(UnsafeNameError, match=f"identity name for .* {re.escape(repr(name))}"):
+            sample_from_config(cfg)
+    images = sorted(str(p) for p in tmp_path.rglob("*.png"))
+    assert images == [], images
+    assert not outside.exists()
