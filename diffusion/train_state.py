@@ -9,31 +9,24 @@
   states, ``data_order`` and digests of the two weight files (files of different steps are
   detected instead of silently mixed).
 
-A checkpoint is one atomic unit, written in three phases so that a kill at any point leaves a
-complete set of one step to resume from:
-
-1. every file of the step is written into a temporary folder ``checkpoints/..pending.<random>.tmp/``
-   (a kill leaves the previous set untouched, plus a temporary that the next run removes);
-2. that folder is renamed to ``checkpoints/.pending/``: the commit; from here on the new step is
-   the newest complete checkpoint;
-3. its files are moved into ``checkpoints/`` one by one (``optimization.ckpt`` last) and the empty
-   ``.pending/`` is removed.
-
-A kill during phase 3 leaves some files of the new step in ``checkpoints/`` and the rest in
-``.pending/``; :func:`checkpoint_files` reads that state as the new step (files in ``.pending/``
-take precedence) without changing anything, and :func:`finish_interrupted_save` (the trainer, at
-start-up and before each write) completes the moves. Published run folders have no ``.pending/``
-and read as they are.
+A checkpoint is one atomic unit (:func:`utils.atomic.write_files_together`): the files of a step
+are written into a temporary folder, committed by renaming it to ``checkpoints/.pending/``, then
+moved into ``checkpoints/`` (``optimization.ckpt`` last). A kill before the commit leaves the
+previous step's complete set; a kill while moving leaves the new step split between
+``checkpoints/`` and ``.pending/``, which :func:`checkpoint_files` reads as the new step (files in
+``.pending/`` take precedence) without changing anything, and which :func:`finish_interrupted_save`
+(the trainer, at start-up and before each write) completes. Published run folders have no
+``.pending/`` and read as they are.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -41,8 +34,8 @@ from torch import nn
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 from diffusion.ema import EMAModel
 from models.diffusion.unet import ConditionalUNet
-from utils.atomic import atomic_folder, remove_temporaries
-from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, torch_load
+from utils.atomic import PENDING_DIR, finish_files_together, write_files_together
+from utils.checkpoint import CheckpointError, load_checkpoint, torch_load
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.safe_config import UnsafeConfigError, build_allowed
@@ -53,7 +46,6 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.ckpt"
 EMA_FILE = "ema_averaged_model.ckpt"
 OPTIMIZATION_FILE = "optimization.ckpt"
-PENDING_DIR = ".pending"
 CHECKPOINT_SUFFIX = ".ckpt"
 
 #: what a run folder's ``.hydra/config.yaml`` may build under ``diffusion`` (the original's and our configs' targets)
@@ -133,22 +125,12 @@ def save_training_state(
         "digests": {MODEL_FILE: weights_digest(model_state), EMA_FILE: weights_digest(ema_state)},
         "replica_digests": replica_digests,
     }
-    finish_interrupted_save(run_dir)
-    with atomic_folder(directory / PENDING_DIR) as staging:  # phases 1 and 2
-        for name, obj in files.items():
-            save_atomic(obj, staging / name)
-    _move_pending(directory)  # phase 3
+    write_files_together(directory, {name: _torch_writer(obj) for name, obj in files.items()}, last=OPTIMIZATION_FILE)
     logger.info("saved checkpoint of step %d to %s", global_step, directory)
 
 
-def _move_pending(directory: Path) -> None:
-    """Phase 3: move the committed files of ``directory/.pending/`` into ``directory`` (``optimization.ckpt`` last)."""
-    pending = directory / PENDING_DIR
-    names = sorted((p.name for p in pending.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)),
-                   key=lambda name: (name == OPTIMIZATION_FILE, name))
-    for name in names:
-        os.replace(pending / name, directory / name)
-    os.rmdir(pending)
+def _torch_writer(obj: Any) -> Callable[[IO[bytes]], None]:
+    return lambda f: torch.save(obj, f)
 
 
 def finish_interrupted_save(run_dir: str | os.PathLike) -> None:
@@ -157,11 +139,8 @@ def finish_interrupted_save(run_dir: str | os.PathLike) -> None:
     Only the process that writes ``run_dir`` may call this (rank 0 of its training run).
     """
     directory = Path(run_dir) / CHECKPOINT_DIR
-    for path in remove_temporaries(directory):
-        logger.info("removed %s, left by a checkpoint write that was interrupted", path)
-    if (directory / PENDING_DIR).is_dir():
-        logger.warning("completing the checkpoint write that was interrupted in %s", directory)
-        _move_pending(directory)
+    if finish_files_together(directory, last=OPTIMIZATION_FILE):
+        logger.warning("completed the checkpoint write that was interrupted in %s", directory)
 
 
 def checkpoint_files(run_dir: str | os.PathLike) -> dict[str, Path]:
