@@ -131,7 +131,10 @@ class FaceEmbeddingDataset(Dataset):
         return self.load_item(index, flip)[0]
 
     def load_item(self, index: int, flip: bool) -> tuple[torch.Tensor, int]:
-        """``(x (3, S, S), used)``: image ``index``, or with policy ``skip`` the next readable one, whose index is ``used``."""
+        """``(x (3, S, S), used)``: image ``index``, or with policy ``skip`` the next readable one.
+
+        ``used`` is the index of the image returned (``index`` unless it was unreadable).
+        """
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,8 +34,8 @@ from torch import nn
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 from diffusion.ema import EMAModel
 from models.diffusion.unet import ConditionalUNet
-from utils.atomic import PENDING_DIR, finish_files_together, write_files_together
-from utils.checkpoint import CheckpointError, load_checkpoint, torch_load
+from utils.atomic import PENDING_DIR, finish_files_together
+from utils.checkpoint import CheckpointError, load_checkpoint, save_together, torch_load
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.rng import capture_rng_state, restore_rng_state
 from utils.safe_config import UnsafeConfigError, build_allowed
@@ -125,12 +125,8 @@ def save_training_state(
         "digests": {MODEL_FILE: weights_digest(model_state), EMA_FILE: weights_digest(ema_state)},
         "replica_digests": replica_digests,
     }
-    write_files_together(directory, {name: _torch_writer(obj) for name, obj in files.items()}, last=OPTIMIZATION_FILE)
+    save_together(directory, files, last=OPTIMIZATION_FILE)
     logger.info("saved checkpoint of step %d to %s", global_step, directory)
-
-
-def _torch_writer(obj: Any) -> Callable[[IO[bytes]], None]:
-    return lambda f: torch.save(obj, f)
 
 
 def finish_interrupted_save(run_dir: str | os.PathLike) -> None:

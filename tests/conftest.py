@@ -52,23 +52,25 @@ class KillSwitch:
 
     Every file boundary under ``watch`` is counted: the creation of a temporary file or folder
     (``tempfile.mkstemp`` / ``mkdtemp``), each rename (``os.replace``) and each folder removal
-    (``os.rmdir``). Just before the ``kill_at``-th one (1-based), ``root`` is copied to ``snapshot`` as
-    it is at that instant, which is what a ``kill -9`` would leave (no clean-up handler has run),
-    and :class:`Killed` is raised. ``events`` lists ``(operation, path)`` of what was counted.
+    (``os.rmdir``). Just before the ``kill_at``-th one (1-based; or the first for which
+    ``kill_at(operation, path)`` is true), ``root`` is copied to ``snapshot`` as it is at that
+    instant, which is what a ``kill -9`` would leave (no clean-up handler has run), and
+    :class:`Killed` is raised. ``events`` lists ``(operation, path)`` of what was counted.
     """
 
     killed: ClassVar[type[BaseException]] = Killed
     watch: Path
     root: Path
     snapshot: Path
-    kill_at: int | None = None
+    kill_at: int | Callable[[str, str], bool] | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
 
     def _event(self, operation: str, path: str | os.PathLike) -> None:
         if not str(path).startswith(str(self.watch)):
             return
         self.events.append((operation, str(path)))
-        if len(self.events) == self.kill_at:
+        due = self.kill_at(operation, str(path)) if callable(self.kill_at) else len(self.events) == self.kill_at
+        if due:
             shutil.copytree(self.root, self.snapshot, symlinks=True)
             raise Killed(f"killed before {operation} {path}")
 
@@ -104,7 +106,7 @@ def kill_switch(monkeypatch: pytest.MonkeyPatch) -> Callable[..., KillSwitch]:
     """``kill_switch(watch, root, snapshot, kill_at=None)``: an installed :class:`KillSwitch` (a new one
     replaces the previous); ``kill_at=None`` only counts."""
 
-    def arm(watch: Path, root: Path, snapshot: Path, kill_at: int | None = None) -> KillSwitch:
+    def arm(watch: Path, root: Path, snapshot: Path, kill_at: int | Callable[[str, str], bool] | None = None) -> KillSwitch:
         return KillSwitch(Path(watch), Path(root), Path(snapshot), kill_at).install(monkeypatch)
 
     return arm

@@ -3,9 +3,10 @@
 A reader (or a resumed job) never sees half a file: a path with its final name is complete, and a
 killed writer leaves at most a hidden temporary (``.<name>.<random>.tmp``) that the next run removes
 or ignores. :func:`write_files_together` extends this to several files that must change together
-(the checkpoint files of one training step or epoch). ``tempfile`` creates temporaries with mode 0600; the final file gets the mode a plain
-``open()`` would have given it (0666 minus the process umask, 0777 minus it for folders), so files
-written into a shared cluster folder stay readable by the group.
+(the checkpoint files of one training step or epoch). ``tempfile`` creates temporaries with mode
+0600; the final file gets the mode a plain ``open()`` would have given it (0666 minus the process
+umask, 0777 minus it for folders), so files written into a shared cluster folder stay readable by
+the group.
 """
 from __future__ import annotations
 
@@ -166,6 +167,6 @@ def finish_files_together(folder: str | os.PathLike, last: str | None = None) ->
 
 
 def committed_path(folder: str | os.PathLike, name: str) -> Path:
-    """Where the committed ``name`` of ``folder`` is: in ``.pending/`` while a killed write is unfinished, else in ``folder``."""
+    """Where the committed ``name`` of ``folder`` is: ``.pending/`` while a killed write is unfinished, else ``folder``."""
     pending = Path(folder) / PENDING_DIR / name
     return pending if pending.is_file() else Path(folder) / name

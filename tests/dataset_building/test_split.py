@@ -33,7 +33,8 @@ def test_killed_split_removes_its_temporaries_on_rerun(tmp_path: Path, kill_swit
         write_block(tmp_path / "in", f"id{k}", rng.integers(0, 256, (4, 4, 4, 3), dtype=np.uint8))
     split_identities(tmp_path / "in", tmp_path / "straight")
     out = tmp_path / "run" / "out"
-    switch = kill_switch(out, tmp_path / "run", tmp_path / "killed", kill_at=4)  # id0: mkdtemp, rename; id1: mkdtemp, *rename*
+    # boundaries: id0 mkdtemp, id0 rename, id1 mkdtemp, *id1 rename*: killed with id1's images in a temporary folder
+    switch = kill_switch(out, tmp_path / "run", tmp_path / "killed", kill_at=4)
     with pytest.raises(switch.killed):
         split_identities(tmp_path / "in", out)
     killed_out = tmp_path / "killed" / "out"

@@ -1,4 +1,5 @@
-"""diffusion.train_state: a checkpoint is one atomic unit; a kill at any file boundary resumes from the newest complete one."""
+"""diffusion.train_state: a checkpoint is one atomic unit (a kill at any file boundary resumes from the newest complete
+one); run folders from elsewhere build only allow-listed classes."""
 from __future__ import annotations
 
 import copy
@@ -178,7 +179,7 @@ class _MarkerPayload:
 
 
 def test_hostile_run_folder_config_is_refused_and_runs_nothing(tmp_path: Path) -> None:
-    """sample.py's loader: a nested torch.load(weights_only=False) in .hydra/config.yaml is refused, the payload never runs."""
+    """sample.py's loader: a nested torch.load(weights_only=False) in .hydra/config.yaml is refused; nothing runs."""
     marker, payload = tmp_path / "PWNED", tmp_path / "payload.pkl"
     torch.save(_MarkerPayload(marker), payload)
     hostile = {"_target_": "torch.load", "f": str(payload), "weights_only": False}
