@@ -29,7 +29,7 @@ from cpu_demo.data import (
 )
 from dataset_building.split import split_identities
 from diffusion.generation import sample_from_config, samples_dir
-from diffusion.train_state import OPTIMIZATION_FILE
+from diffusion.train_state import OPTIMIZATION_FILE, has_checkpoint
 from diffusion.training import train
 from embedding.encoding import encode, extract_embeddings
 from embedding.files import load_embeddings, save_embeddings
@@ -136,8 +136,8 @@ def stage_train(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
             )
         start, source = _checkpoint_step(shipped), str(shipped)
     target = start + int(p.train_steps)
-    if (run_dir / "checkpoints" / OPTIMIZATION_FILE).is_file():
-        source = "true"  # resume the interrupted demo run in place
+    if has_checkpoint(run_dir):
+        source = "true"  # resume the interrupted demo run in place (even one killed while writing a checkpoint)
     overrides = [
         "experiment=demo", f"device={run.device}", f"constants.seed={run.seed}",
         f"dataset.images_root={run.path('train_images')}", f"dataset.embeddings_file={run.path('train_embeddings')}",

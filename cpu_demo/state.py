@@ -44,7 +44,7 @@ class StageState:
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"{self.path} is not valid JSON ({err}); delete it to start the demo over") from None
             if data.get("fingerprint") == settings_fingerprint:
                 self.stages = dict(data.get("stages", {}))

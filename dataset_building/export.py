@@ -25,11 +25,11 @@ from dataset_building.merge import finalize
 from dataset_building.shards import (
     ShardPlan,
     ShardSetWriter,
-    check_identity_name,
 )
 from dataset_building.split import count_images
 from utils.distributed import resolve_task
 from utils.image_io import discover_identities, read_identity
+from utils.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def discover_sources(input_dir: str | os.PathLike) -> dict[str, Path]:
     if not sources:
         raise ValueError(f"export.input={folder}: found no identities (expected {EXPECTED_INPUT})")
     for name in sources:
-        check_identity_name(name, f"export.input={folder}")
+        check_name(name, f"identity name in export.input={folder}")
     return sources
 
 

@@ -44,6 +44,7 @@ from dataset_building.recordio import RecordWriter, pack
 from dataset_building.webdataset import TarShardWriter, sample_key
 from utils.atomic import temporary_beside, write_json_atomic
 from utils.image_io import write_image_folder
+from utils.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 SUMMARY = "export_summary.json"
 PLAN = "export_plan.json"
 REC_SHARD_DIR = "shards"
-
-
-def check_identity_name(name: str, where: str = "identity") -> None:
-    """An identity name becomes a folder and a tar path: no '/', '\\', '..', leading dot or control character."""
-    bad = (not name or "/" in name or "\\" in name or ".." in name or name.startswith(".")
-           or any(ord(c) < 32 for c in name))
-    if bad:
-        raise ValueError(f"{where}: identity name {name!r} is not allowed (expected a plain file name without "
-                         "'/', '\\', '..', a leading '.' or control characters)")
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class ShardPlan:
         if self.identities_per_shard < 1:
             raise ValueError(f"export.identities_per_shard must be >= 1, found {self.identities_per_shard}")
         for name in self.names:
-            check_identity_name(name)
+            check_name(name)
         if len(set(self.names)) != len(self.names):
             raise ValueError("the shard plan names an identity twice")
 

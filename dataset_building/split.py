@@ -3,7 +3,8 @@
 Blocks (``<id>.grid<r>x<c>.png``) or per-identity folders -> ``<out>/<identity>/<k>.png``, keeping
 identities with enough images and optionally exactly N identities x K images (the paper cut 10,050
 aligned identities to 10,000 x 50). Identities whose folder exists are skipped; every folder is
-written under a temporary name and renamed.
+written under a temporary name and renamed, and the temporaries a killed run left are removed on the
+rerun. Every identity name is checked (:func:`utils.names.check_names`) before anything is written.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from utils.atomic import remove_temporaries
 from utils.image_io import (
     BLOCK_PATTERN,
     discover_identities,
@@ -20,6 +22,7 @@ from utils.image_io import (
     read_identity,
     write_image_folder,
 )
+from utils.names import check_names
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def split_identities(
     if identities is not None and images_per_identity is None:
         raise ValueError("--identities N needs --images-per-identity K (the paper: 10000 x 50)")
     sources = discover_identities(input_dir)
+    check_names(sources, f"identity name in {input_dir}")
     need = max(int(min_images), int(images_per_identity or 0))
     counts = {identity: count_images(source, tile_size) for identity, source in sources.items()}
     eligible = [identity for identity in sources if counts[identity] >= need]
@@ -68,6 +72,9 @@ def split_identities(
                              f"fewer than --identities {identities}")
         eligible = eligible[:identities]
     out_dir = Path(output_dir)
+    mine = set(eligible)
+    for path in remove_temporaries(out_dir, belongs=mine.__contains__):
+        log.info("removed %s, left by an interrupted run", path)
     images = 0
     for identity in tqdm(eligible, desc="splitting", unit="id"):
         kept = images_per_identity or counts[identity]

@@ -58,7 +58,8 @@ class FaceEmbeddingDataset(Dataset):
         image_size: images are resized (bilinear) to ``image_size x image_size`` when they differ.
         allow_unmatched: False (default) stops with an error listing images without embeddings and
             embeddings without images; True trains on the matched pairs and logs the counts.
-        on_unreadable: ``skip`` logs the path and substitutes the next readable image, ``stop`` raises.
+        on_unreadable: ``skip`` logs the path and substitutes the next readable image (with that image's
+            context), ``stop`` raises.
         extensions: image file suffixes to use.
 
     Items: ``dataset[(index, flip)] -> (x, context)`` with x (3, image_size, image_size) float32 in
@@ -127,6 +128,13 @@ class FaceEmbeddingDataset(Dataset):
 
     def load(self, index: int, flip: bool) -> torch.Tensor:
         """Image ``index`` (flipped left-right when ``flip``), applying the unreadable-image policy."""
+        return self.load_item(index, flip)[0]
+
+    def load_item(self, index: int, flip: bool) -> tuple[torch.Tensor, int]:
+        """``(x (3, S, S), used)``: image ``index``, or with policy ``skip`` the next readable one.
+
+        ``used`` is the index of the image returned (``index`` unless it was unreadable).
+        """
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             try:
@@ -138,13 +146,14 @@ class FaceEmbeddingDataset(Dataset):
                     self.unreadable.add(self.paths[candidate])
                     logger.warning("%s; substituting the next readable image", err)
                 continue
-            return torch.flip(x, dims=[2]) if flip else x
+            return (torch.flip(x, dims=[2]) if flip else x), candidate
         raise DatasetError(f"no image in {self.images_root} is readable")
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(index, flip) -> (x (3, S, S) in [-1, 1], context (D,))``."""
+        """``(index, flip) -> (x (3, S, S) in [-1, 1], context (D,))``: the context of the image actually used."""
         index, flip = item
-        return self.load(int(index), bool(flip)), self.contexts[int(index)]
+        x, used = self.load_item(int(index), bool(flip))
+        return x, self.contexts[used]
 
 
 def _generator(seed: int, stream: int, counter: int) -> torch.Generator:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -33,11 +32,13 @@ from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_
 from diffusion.guidance import negative_contexts
 from diffusion.samplers import EpsFn, guided_eps, per_sample_noise, sample_loop
 from diffusion.sampling_settings import SamplerSettings
+from diffusion.train_state import build_diffusion_model
 from models.autoencoder.vqgan import VQ_F4_EMBED_DIM, VQ_F4_N_EMBED, VQDecoderInterface, load_vq_decoder
 from utils.checkpoint import CheckpointError
 from utils.config import CONFIG_DIR, resolve_device
 from utils.distributed import resolve_task
 from utils.image_io import block_name, write_block, write_image_folder
+from utils.names import check_names
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def load_trained_model(
     if not path.parent.is_dir():
         raise CheckpointError(f"{path.parent} does not exist; the run folder {run_dir} has no checkpoints/ folder")
     device = torch.device(device)
-    diffusion = instantiate(train_cfg.diffusion).to(device)
+    diffusion = build_diffusion_model(train_cfg, config_file).to(device)
     load_diffusion_checkpoint(diffusion, path, map_location=device)
     diffusion.eval().requires_grad_(False)
 
@@ -287,6 +288,7 @@ def generate_dataset(
     if contexts.shape[1] != model.context_dim:
         raise ValueError(f"contexts have dimension {contexts.shape[1]} but {model.name} expects {model.context_dim}")
     out_dir = Path(out_dir)
+    check_names(names, f"identity name for {out_dir}")
     index, count = shard
     mine = list(range(index, len(names), count))
     _remove_stale_temporaries(out_dir, [names[i] for i in mine], n_images)

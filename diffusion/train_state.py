@@ -6,15 +6,23 @@
   state dicts of the unwrapped DDPM (8 schedule buffers + ``eps_model.*``);
 * ``optimization.ckpt``: ``global_step``, ``epoch``, ``optimizer``, ``lr_scheduler`` as in the
   original, plus what an exact resume needs: ``ema`` counters, ``grad_scaler``, per-rank ``rng``
-  states, ``data_order`` and digests of the two weight files (a run killed between writing the
-  files is detected instead of silently mixing steps).
+  states, ``data_order`` and digests of the two weight files (files of different steps are
+  detected instead of silently mixed).
 
-Every file is written with :func:`utils.checkpoint.save_atomic`; ``optimization.ckpt`` last.
+A checkpoint is one atomic unit (:func:`utils.atomic.write_files_together`): the files of a step
+are written into a temporary folder, committed by renaming it to ``checkpoints/.pending/``, then
+moved into ``checkpoints/`` (``optimization.ckpt`` last). A kill before the commit leaves the
+previous step's complete set; a kill while moving leaves the new step split between
+``checkpoints/`` and ``.pending/``, which :func:`checkpoint_files` reads as the new step (files in
+``.pending/`` take precedence) without changing anything, and which :func:`finish_interrupted_save`
+(the trainer, at start-up and before each write) completes. Published run folders have no
+``.pending/`` and read as they are.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 from diffusion.ema import EMAModel
-from utils.checkpoint import CheckpointError, load_checkpoint, save_atomic, torch_load
+from models.diffusion.unet import ConditionalUNet
+from utils.atomic import PENDING_DIR, finish_files_together
+from utils.checkpoint import CheckpointError, load_checkpoint, save_together, torch_load
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.rng import capture_rng_state, restore_rng_state
+from utils.safe_config import UnsafeConfigError, build_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +46,14 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.ckpt"
 EMA_FILE = "ema_averaged_model.ckpt"
 OPTIMIZATION_FILE = "optimization.ckpt"
+CHECKPOINT_SUFFIX = ".ckpt"
+
+#: what a run folder's ``.hydra/config.yaml`` may build under ``diffusion`` (the original's and our configs' targets)
+DIFFUSION_TARGETS: dict[str, Any] = {
+    "diffusion.ddpm.DenoisingDiffusionProbabilisticModel": DenoisingDiffusionProbabilisticModel,
+    "models.diffusion.unet.ConditionalUNet": ConditionalUNet,
+    "torch.nn.MSELoss": nn.MSELoss,
+}
 
 
 @dataclass
@@ -45,6 +65,21 @@ class TrainingObjects:
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any | None
     grad_scaler: torch.amp.GradScaler
+
+
+def build_diffusion_model(train_cfg: Any, config_file: str | os.PathLike) -> DenoisingDiffusionProbabilisticModel:
+    """The DDPM described by the ``diffusion`` key of a run folder's config, built from :data:`DIFFUSION_TARGETS` only.
+
+    A run folder may come from anywhere: nothing but those classes, with plain arguments, is called
+    (see :mod:`utils.safe_config`); anything else raises :class:`utils.safe_config.UnsafeConfigError`.
+    """
+    if "diffusion" not in train_cfg:
+        raise UnsafeConfigError(f"{config_file}: no 'diffusion' key; expected the training config of a run folder")
+    model = build_allowed(train_cfg.diffusion, DIFFUSION_TARGETS, config_file, "diffusion")
+    if not isinstance(model, DenoisingDiffusionProbabilisticModel):
+        raise UnsafeConfigError(f"{config_file}: diffusion._target_ must be "
+                                f"diffusion.ddpm.DenoisingDiffusionProbabilisticModel, found {type(model).__name__}")
+    return model
 
 
 def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -75,33 +110,61 @@ def save_training_state(
         logger.error("DDP replicas differ at step %d: weight digests %s", global_step, replica_digests)
     directory = run_dir / CHECKPOINT_DIR
     ema_state = objects.ema.averaged_model.state_dict()
-    save_atomic(model_state, directory / MODEL_FILE)
-    save_atomic(ema_state, directory / EMA_FILE)
+    files: dict[str, Any] = {MODEL_FILE: model_state, EMA_FILE: ema_state}
     if global_step in set(steps_of_checkpoints):
-        save_atomic(ema_state, directory / f"ema_averaged_model_{global_step}.ckpt")
-    save_atomic(
-        {
-            "global_step": global_step,
-            "epoch": epoch,
-            "optimizer": objects.optimizer.state_dict(),
-            "lr_scheduler": objects.lr_scheduler.state_dict() if objects.lr_scheduler is not None else None,
-            "ema": objects.ema.state_dict(),
-            "grad_scaler": objects.grad_scaler.state_dict(),
-            "rng": rng_states,
-            "data_order": dict(data_order),
-            "digests": {MODEL_FILE: weights_digest(model_state), EMA_FILE: weights_digest(ema_state)},
-            "replica_digests": replica_digests,
-        },
-        directory / OPTIMIZATION_FILE,
-    )
+        files[f"ema_averaged_model_{global_step}.ckpt"] = ema_state
+    files[OPTIMIZATION_FILE] = {
+        "global_step": global_step,
+        "epoch": epoch,
+        "optimizer": objects.optimizer.state_dict(),
+        "lr_scheduler": objects.lr_scheduler.state_dict() if objects.lr_scheduler is not None else None,
+        "ema": objects.ema.state_dict(),
+        "grad_scaler": objects.grad_scaler.state_dict(),
+        "rng": rng_states,
+        "data_order": dict(data_order),
+        "digests": {MODEL_FILE: weights_digest(model_state), EMA_FILE: weights_digest(ema_state)},
+        "replica_digests": replica_digests,
+    }
+    save_together(directory, files, last=OPTIMIZATION_FILE)
     logger.info("saved checkpoint of step %d to %s", global_step, directory)
 
 
-def _check_file_digest(module: nn.Module, path: Path, expected: str | None) -> None:
+def finish_interrupted_save(run_dir: str | os.PathLike) -> None:
+    """Complete a checkpoint write that was killed after its commit, and remove the temporaries of one killed before.
+
+    Only the process that writes ``run_dir`` may call this (rank 0 of its training run).
+    """
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    if finish_files_together(directory, last=OPTIMIZATION_FILE):
+        logger.warning("completed the checkpoint write that was interrupted in %s", directory)
+
+
+def checkpoint_files(run_dir: str | os.PathLike) -> dict[str, Path]:
+    """``{file name: path}`` of the newest complete checkpoint of ``run_dir`` (ours or a published run folder).
+
+    Files of ``checkpoints/.pending/`` (a committed write whose moves were interrupted) take
+    precedence over those of ``checkpoints/``; nothing is changed on disk.
+    """
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    files: dict[str, Path] = {}
+    for folder in (directory, directory / PENDING_DIR):
+        if folder.is_dir():
+            files.update({p.name: p for p in folder.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX) and p.is_file()
+                          and not p.name.startswith(".")})
+    return files
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a complete checkpoint to resume from."""
+    return OPTIMIZATION_FILE in checkpoint_files(run_dir)
+
+
+def _check_file_digest(module: nn.Module, path: Path, expected: str | None, optimization: Path) -> None:
     if expected is not None and weights_digest(module.state_dict()) != expected:
         raise CheckpointError(
-            f"{path} does not belong to the step recorded in {path.parent / OPTIMIZATION_FILE} (weights digest "
-            "differs): the run was probably killed while writing its checkpoint files; restore an older copy"
+            f"{path} does not belong to the step recorded in {optimization} (weights digest differs): the "
+            "checkpoint files of two different steps are mixed (copied by hand, or written by an older version of "
+            "this code that was killed mid-write); put back a complete set of model, EMA and optimization files"
         )
 
 
@@ -117,16 +180,20 @@ def load_training_state(
     Returns:
         (global_step, epoch) of the checkpoint.
     """
-    directory = source / CHECKPOINT_DIR
-    state = torch_load(directory / OPTIMIZATION_FILE, source_hint="expected the run folder of an earlier `python main.py`")
-    missing = [k for k in ("global_step", "epoch", "optimizer") if k not in state]
+    files = checkpoint_files(source)
+    missing_files = [name for name in (OPTIMIZATION_FILE, MODEL_FILE, EMA_FILE) if name not in files]
+    if missing_files:
+        raise CheckpointError(f"{source / CHECKPOINT_DIR} has no {', '.join(missing_files)}; expected the run folder "
+                              "of an earlier `python main.py`")
+    optimization = files[OPTIMIZATION_FILE]
+    state = torch_load(optimization, source_hint="expected the run folder of an earlier `python main.py`")
+    missing = [k for k in ("global_step", "epoch", "optimizer") if k not in state] if isinstance(state, dict) else []
     if not isinstance(state, dict) or missing:
-        raise CheckpointError(f"{directory / OPTIMIZATION_FILE}: expected keys global_step, epoch, optimizer; missing {missing}")
+        raise CheckpointError(f"{optimization}: expected keys global_step, epoch, optimizer; missing {missing}")
     digests = state.get("digests", {})
-    load_checkpoint(objects.model, directory / MODEL_FILE)
-    _check_file_digest(objects.model, directory / MODEL_FILE, digests.get(MODEL_FILE))
-    load_checkpoint(objects.ema.averaged_model, directory / EMA_FILE)
-    _check_file_digest(objects.ema.averaged_model, directory / EMA_FILE, digests.get(EMA_FILE))
+    for module, name in ((objects.model, MODEL_FILE), (objects.ema.averaged_model, EMA_FILE)):
+        load_checkpoint(module, files[name])
+        _check_file_digest(module, files[name], digests.get(name), optimization)
     objects.optimizer.load_state_dict(state["optimizer"])
     if objects.lr_scheduler is not None and state.get("lr_scheduler") is not None:
         objects.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -142,9 +209,9 @@ def load_training_state(
         restore_rng_state(rng[ctx.rank], ctx.device)
     else:
         logger.warning("%s has no RNG states for %d processes: the resumed run is not bitwise reproducible",
-                       directory / OPTIMIZATION_FILE, ctx.world_size)
+                       optimization, ctx.world_size)
     if state.get("data_order") is not None and dict(state["data_order"]) != dict(data_order):
         logger.warning("data order differs from the checkpoint (%s now, %s then): dataset or global batch changed",
                        dict(data_order), state["data_order"])
-    logger.info("restored step %d (epoch %d) from %s", global_step, epoch, directory)
+    logger.info("restored step %d (epoch %d) from %s", global_step, epoch, optimization.parent)
     return global_step, epoch

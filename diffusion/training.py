@@ -43,6 +43,8 @@ from diffusion.train_monitor import (
 from diffusion.train_state import (
     OPTIMIZATION_FILE,
     TrainingObjects,
+    finish_interrupted_save,
+    has_checkpoint,
     load_training_state,
     save_training_state,
 )
@@ -51,6 +53,7 @@ from utils.checkpoint import CheckpointError
 from utils.distributed import (
     DistributedContext,
     all_reduce_mean,
+    barrier,
     broadcast_object,
     cleanup_distributed,
     init_distributed,
@@ -84,7 +87,7 @@ def _restore_source(cfg: DictConfig, run_dir: Path) -> Path | None:
     source = Path(path) if path else run_dir
     if isinstance(restore, str) and restore.lower() != "true":
         source = Path(restore)
-    if not (source / "checkpoints" / OPTIMIZATION_FILE).is_file():
+    if not has_checkpoint(source):
         raise CheckpointError(
             f"training.checkpoint.restore: {source / 'checkpoints' / OPTIMIZATION_FILE} does not exist; expected the run "
             "folder of an earlier `python main.py` (pass it as training.checkpoint.restore=<run folder> or resume in "
@@ -157,6 +160,9 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
             f"{cfg.dataset.embeddings_file} holds {dataset.context_dim}-d embeddings but the model expects "
             f"model.context_input_channels={cfg.model.context_input_channels}; set constants.context_dim={dataset.context_dim}"
         )
+    if ctx.is_main:  # a checkpoint write killed after its commit is completed before anyone reads the folder
+        finish_interrupted_save(run_dir)
+    barrier(ctx)
     source = _restore_source(cfg, run_dir)
     amp_dtype = _amp_dtype(cfg, device)
 
@@ -216,6 +222,12 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
     sl = slice(ctx.rank * sampler.batch_size, (ctx.rank + 1) * sampler.batch_size)
     window: list[float] = []
     t_window = time.perf_counter()
+
+    def write_samples(step: int) -> None:
+        save_sample_grid(ema.averaged_model, run_dir / "samples" / f"sample_{step:06d}.png", size, vis_contexts,
+                         vis_images, decoder, tcfg.sampling.sampler, int(tcfg.sampling.steps), seed, amp_dtype,
+                         tcfg.sampling.clip_x0)
+
     logger.info("training steps %d..%d: global batch %d (%d x %d processes) on %s, %s, run folder %s",
                 start_step, steps, sampler.global_batch, sampler.batch_size, ctx.world_size, device,
                 "latent cache" if cache is not None else ("VQ latents on the fly" if cfg.latent_diffusion else "pixels"),
@@ -280,8 +292,9 @@ def _train(cfg: DictConfig, ctx: DistributedContext, run_dir: Path) -> Path:
             if ctx.is_main:
                 plot_loss(metrics.rows(), run_dir / LOSS_PLOT_FILE)
         if ctx.is_main and (global_step % int(tcfg.steps_between_sampling) == 0 or global_step == steps):
-            save_sample_grid(ema.averaged_model, run_dir / "samples" / f"sample_{global_step:06d}.png", size,
-                             vis_contexts, vis_images, decoder, tcfg.sampling.sampler, int(tcfg.sampling.steps),
-                             seed, amp_dtype, tcfg.sampling.clip_x0)
+            write_samples(global_step)
+    if ctx.is_main and start_step >= steps:  # resumed after a kill inside the last checkpoint write: finish its outputs
+        plot_loss(metrics.rows(), run_dir / LOSS_PLOT_FILE)
+        write_samples(start_step)
     logger.info("finished %d steps; run folder %s", steps, run_dir)
     return run_dir

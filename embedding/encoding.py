@@ -12,6 +12,8 @@
   are embedded in shards of ``identities_per_shard``, each written atomically to
   ``<output>.shards/``; a restart skips finished shards. The shard folder remembers the input
   list and settings and refuses to mix runs; it is removed after the merge unless ``keep_shards``.
+  Identity and image names must be single visible file names (:func:`utils.names.check_name`): they
+  name the identities of the embedding file, which sample.py may later write files for.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from utils.image_io import (
     folder_images,
     read_identity,
 )
+from utils.names import check_names
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,9 @@ def _read(identity: str, source: Path, tile_size: int | None) -> tuple[list[str]
     if len(images) == 0:
         raise ValueError(f"{source}: empty identity {identity!r}: no face tiles")
     if source.is_dir():
-        names = [f"{identity}/{p.stem}" for p in folder_images(source)]
+        stems = [p.stem for p in folder_images(source)]
+        check_names(stems, f"image name in {source}")
+        names = [f"{identity}/{stem}" for stem in stems]
     elif tile_size is None and not BLOCK_PATTERN.match(source.name):
         names = [identity]  # a single image file
     else:
@@ -152,7 +157,11 @@ def _fingerprint(identities: list[str], settings: Mapping[str, Any]) -> dict[str
 def _prepare_shard_dir(shard_dir: Path, fingerprint: dict[str, Any]) -> None:
     manifest = shard_dir / "manifest.json"
     if manifest.is_file():
-        found = json.loads(manifest.read_text())
+        try:
+            found = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{manifest} is not the JSON manifest encode.py writes ({err}); delete {shard_dir} "
+                             "to start over") from None
         if found != fingerprint:
             changed = sorted(k for k in set(found) | set(fingerprint) if found.get(k) != fingerprint.get(k))
             raise ValueError(
@@ -198,6 +207,7 @@ def encode_dataset(
         raise ValueError(f"encode.identities_per_shard must be >= 1, found {identities_per_shard}")
     sources = list_identities(root, tile_size)
     identities = list(sources)
+    check_names(identities, f"identity name in encode.input={root}")
     shard_dir = output.with_name(output.name + ".shards")
     settings = {
         "root": str(Path(root).resolve()),

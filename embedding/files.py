@@ -114,13 +114,14 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
-                if "embeddings" not in data or "names" not in data:
-                    raise ValueError(f"{path}: expected arrays 'names' and 'embeddings', found {sorted(data.files)}")
-                names = [str(n) for n in data["names"]]
-                embeddings = np.asarray(data["embeddings"], dtype=np.float32)
-                labels = np.asarray(data["labels"], dtype=np.int64) if "labels" in data else None
-        except (OSError, EOFError) as err:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, EOFError, ValueError) as err:  # ValueError: an object array (pickle), refused
             raise ValueError(f"{path} is not a readable .npz embedding file: {err}") from None
+        if "embeddings" not in arrays or "names" not in arrays:
+            raise ValueError(f"{path}: expected arrays 'names' and 'embeddings', found {sorted(arrays)}")
+        names = [str(n) for n in arrays["names"]]
+        embeddings = np.asarray(arrays["embeddings"], dtype=np.float32)
+        labels = np.asarray(arrays["labels"], dtype=np.int64) if "labels" in arrays else None
     elif path.suffix == ".npy" and not _is_torch_zip(path):
         try:
             embeddings = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)

@@ -6,13 +6,15 @@
     torchrun --standalone --nproc_per_node=8 -m face_recognition_training.train data.root=...
 
 Per epoch: one pass over the data (AMP optional, gradient norms clipped), verification on the
-``.bin`` benchmarks (rank 0, flip-sum embeddings), the LR schedule step, then rank 0 writes
-``checkpoint.pt`` (model, head, optimizer, scheduler, scaler, early stopping, every rank's RNG
-states; atomically), ``backbone.pth`` (the unwrapped backbone state dict, loadable with
-``models.iresnet.load_iresnet``), ``backbone_best.pth`` on a new best mean accuracy, a line of
-``metrics.jsonl`` and ``metrics.png``. With ``train.resume`` a restarted run continues from the
-last checkpoint; the batch order and augmentation of an epoch depend only on (seed, epoch,
-rank), so an interrupted and resumed CPU run ends with the same weights as an uninterrupted one.
+``.bin`` benchmarks (rank 0, flip-sum embeddings), the LR schedule step, then rank 0 appends a line
+to ``metrics.jsonl`` and writes ``checkpoint.pt`` (model, head, optimizer, scheduler, scaler, early
+stopping, every rank's RNG states), ``backbone.pth`` (the unwrapped backbone state dict, loadable
+with ``models.iresnet.load_iresnet``) and, on a new best mean accuracy, ``backbone_best.pth``, the
+three as one unit (:func:`utils.atomic.write_files_together`: after a kill anywhere a rerun finds
+the files of one epoch, never a mix), then ``metrics.png``. With ``train.resume`` a restarted run
+continues from the last checkpoint; the batch order and augmentation of an epoch depend only on
+(seed, epoch, rank), so an interrupted and resumed CPU run ends with the same weights as an
+uninterrupted one.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from face_recognition_training.dataset import EpochLoader, StreamLoader, build_training_data
+from face_recognition_training.dataset import EpochLoader
 from face_recognition_training.evaluate import (
     evaluate_backbone,
     format_table,
@@ -44,7 +46,9 @@ from face_recognition_training.schedule import (
     build_scheduler,
     step_scheduler,
 )
-from utils.checkpoint import CheckpointError, check_state_dict, save_atomic, torch_load
+from face_recognition_training.shard_data import StreamLoader, build_training_data
+from utils.atomic import finish_files_together
+from utils.checkpoint import CheckpointError, check_state_dict, save_together, torch_load
 from utils.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -59,6 +63,9 @@ from utils.rng import capture_rng_state, restore_rng_state, seed_everything
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+BACKBONE = "backbone.pth"
+BEST_BACKBONE = "backbone_best.pth"
+METRICS_PLOT = "metrics.png"
 REFERENCE_BATCH = 512  # lr = base_lr * global_batch / REFERENCE_BATCH
 
 
@@ -204,6 +211,9 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
     metrics = MetricsLog(out_dir / "metrics.jsonl", key="epoch")
 
     start_epoch = 0
+    if ctx.is_main and finish_files_together(out_dir, last=CHECKPOINT):
+        log.warning("completed the epoch files whose writing was interrupted in %s", out_dir)
+    barrier(ctx)
     if cfg.train.resume and (out_dir / CHECKPOINT).is_file():
         start_epoch = _resume(out_dir / CHECKPOINT, fr_model, optimizer, scheduler, scaler, stopper, ctx)
     if ctx.is_main:
@@ -240,15 +250,17 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }
             metrics.append(record)  # before the checkpoint: a resume truncates what the checkpoint lacks
-            save_atomic(state, out_dir / CHECKPOINT)
-            save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone.pth")
+            files = {CHECKPOINT: state, BACKBONE: fr_model.backbone.state_dict()}
             if improved:
-                save_atomic(fr_model.backbone.state_dict(), out_dir / "backbone_best.pth")
-            plot_metrics(metrics.rows(), out_dir / "metrics.png")
+                files[BEST_BACKBONE] = files[BACKBONE]
+            save_together(out_dir, files, last=CHECKPOINT)
+            plot_metrics(metrics.rows(), out_dir / METRICS_PLOT)
             log.info("epoch %d: loss %.4f, train acc %.2f%%, lr %.3g, %.1f img/s%s", epoch + 1, record["loss"],
                      record["train_accuracy"], lr_now, record["images_per_s"],
                      f", mean verification {mean_acc:.2f}%\n{format_table(results)}" if results else "")
         barrier(ctx)
+    if ctx.is_main and start_epoch >= schedule.max_epochs:  # rerun after the last epoch: its plot may be missing
+        plot_metrics(metrics.rows(), out_dir / METRICS_PLOT)
     return record
 
 

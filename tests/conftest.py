@@ -1,8 +1,13 @@
 """Shared pytest fixtures: the reference facts in ``../shared/reference``, one-thread torch."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -32,3 +37,76 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_REAL_FILE_OPERATIONS = (tempfile.mkstemp, tempfile.mkdtemp, os.replace, os.rmdir)
+
+
+class Killed(BaseException):
+    """A simulated ``kill -9``: a BaseException, so no ``except Exception`` of the code under test catches it."""
+
+
+@dataclass
+class KillSwitch:
+    """Simulate a ``kill -9`` at a file boundary under ``watch``, deterministically.
+
+    Every file boundary under ``watch`` is counted: the creation of a temporary file or folder
+    (``tempfile.mkstemp`` / ``mkdtemp``), each rename (``os.replace``) and each folder removal
+    (``os.rmdir``). Just before the ``kill_at``-th one (1-based; or the first for which
+    ``kill_at(operation, path)`` is true), ``root`` is copied to ``snapshot`` as it is at that
+    instant, which is what a ``kill -9`` would leave (no clean-up handler has run), and
+    :class:`Killed` is raised. ``events`` lists ``(operation, path)`` of what was counted.
+    """
+
+    killed: ClassVar[type[BaseException]] = Killed
+    watch: Path
+    root: Path
+    snapshot: Path
+    kill_at: int | Callable[[str, str], bool] | None = None
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def _event(self, operation: str, path: str | os.PathLike) -> None:
+        if not str(path).startswith(str(self.watch)):
+            return
+        self.events.append((operation, str(path)))
+        due = self.kill_at(operation, str(path)) if callable(self.kill_at) else len(self.events) == self.kill_at
+        if due:
+            shutil.copytree(self.root, self.snapshot, symlinks=True)
+            raise Killed(f"killed before {operation} {path}")
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> KillSwitch:
+        """Patch the four operations for the rest of the test (``monkeypatch`` undoes it)."""
+        real_mkstemp, real_mkdtemp, real_replace, real_rmdir = _REAL_FILE_OPERATIONS
+
+        def mkstemp(*args: Any, **kwargs: Any) -> Any:
+            self._event("mkstemp", kwargs.get("dir", ""))
+            return real_mkstemp(*args, **kwargs)
+
+        def mkdtemp(*args: Any, **kwargs: Any) -> Any:
+            self._event("mkdtemp", kwargs.get("dir", ""))
+            return real_mkdtemp(*args, **kwargs)
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            self._event("replace", src)
+            real_replace(src, dst, *args, **kwargs)
+
+        def rmdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            self._event("rmdir", path)
+            real_rmdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "rmdir", rmdir)
+        return self
+
+
+@pytest.fixture
+def kill_switch(monkeypatch: pytest.MonkeyPatch) -> Callable[..., KillSwitch]:
+    """``kill_switch(watch, root, snapshot, kill_at=None)``: an installed :class:`KillSwitch` (a new one
+    replaces the previous); ``kill_at=None`` only counts."""
+
+    def arm(watch: Path, root: Path, snapshot: Path, kill_at: int | Callable[[str, str], bool] | None = None) -> KillSwitch:
+        return KillSwitch(Path(watch), Path(root), Path(snapshot), kill_at).install(monkeypatch)
+
+    return arm

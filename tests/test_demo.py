@@ -7,12 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
+from PIL import Image
 
 from cpu_demo import run_demo
-from cpu_demo.stages import STAGES, DemoRun
+from cpu_demo.stages import STAGES, DemoRun, stage_train
 from cpu_demo.state import STATE_FILE, StageState, fingerprint
+from embedding.files import save_embeddings
+from utils.checkpoint import torch_load
 from utils.config import compose
 
 
@@ -81,3 +86,42 @@ def test_state_file_of_other_settings_is_stale(tmp_path: Path) -> None:
     assert other.stale and not other.done("embed")
     with pytest.raises(KeyError, match="has not finished"):
         other.result("embed")
+
+
+def _demo_run_with_training_set(out: Path, n: int = 16) -> DemoRun:
+    """A fast demo run (4 training steps, a checkpoint every 2) whose ``embed`` outputs are n random 32x32 images."""
+    cfg = _config(out, "device=cpu", "demo.profiles.fast.train_steps=4", "demo.profiles.fast.train_checkpoint_every=2",
+                  "demo.profiles.fast.ddim_steps=2")
+    run = DemoRun(cfg, cfg.demo.profiles.fast)
+    rng = np.random.default_rng(0)
+    run.path("train_images").mkdir(parents=True)
+    names = [f"face_{i:02d}" for i in range(n)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(run.path("train_images") / f"{name}.png")
+    contexts = rng.normal(size=(n, 128)).astype(np.float32)
+    save_embeddings(run.path("train_embeddings"), names, contexts / np.linalg.norm(contexts, axis=1, keepdims=True))
+    return run
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_training_stage_reruns_after_a_kill_inside_its_last_checkpoint_write(tmp_path: Path, kill_switch) -> None:
+    """Killed when the new model and EMA files are in place but optimization.ckpt is not: the rerun finishes the run."""
+    straight = _demo_run_with_training_set(tmp_path / "straight")
+    counter = kill_switch(straight.path("run") / "checkpoints", straight.out, tmp_path / "unused")
+    expected = stage_train(straight, {})
+    last_move = max(i for i, (op, path) in enumerate(counter.events, 1)
+                    if op == "replace" and path.endswith(".pending/optimization.ckpt"))
+    killed = _demo_run_with_training_set(tmp_path / "killed")
+    switch = kill_switch(killed.path("run") / "checkpoints", killed.out, tmp_path / "after_kill", kill_at=last_move)
+    with pytest.raises(switch.killed):
+        stage_train(killed, {})
+    kill_switch(tmp_path / "none", tmp_path, tmp_path / "unused")
+    killed.cfg.demo.output_dir = str(tmp_path / "after_kill")  # the folder as the kill left it
+    result = stage_train(killed, {})
+    assert result["end_step"] == expected["end_step"]
+    for name in ("model.ckpt", "ema_averaged_model.ckpt"):
+        a = torch_load(Path(expected["run_dir"]) / "checkpoints" / name)
+        b = torch_load(Path(result["run_dir"]) / "checkpoints" / name)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert torch_load(Path(result["run_dir"]) / "checkpoints" / "optimization.ckpt")["global_step"] == result["end_step"]
+    assert (Path(result["run_dir"]) / "samples" / f"sample_{result['end_step']:06d}.png").is_file()

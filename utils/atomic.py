@@ -2,9 +2,11 @@
 
 A reader (or a resumed job) never sees half a file: a path with its final name is complete, and a
 killed writer leaves at most a hidden temporary (``.<name>.<random>.tmp``) that the next run removes
-or ignores. ``tempfile`` creates temporaries with mode 0600; the final file gets the mode a plain
-``open()`` would have given it (0666 minus the process umask, 0777 minus it for folders), so files
-written into a shared cluster folder stay readable by the group.
+or ignores. :func:`write_files_together` extends this to several files that must change together
+(the checkpoint files of one training step or epoch). ``tempfile`` creates temporaries with mode
+0600; the final file gets the mode a plain ``open()`` would have given it (0666 minus the process
+umask, 0777 minus it for folders), so files written into a shared cluster folder stay readable by
+the group.
 """
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+#: the committed, not yet moved-in files of :func:`write_files_together`
+PENDING_DIR = ".pending"
 
 
 def _umask() -> int:
@@ -126,3 +131,53 @@ def remove_temporaries(folder: str | os.PathLike, belongs: Callable[[str], bool]
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def write_files_together(
+    folder: str | os.PathLike, files: Mapping[str, Callable[[IO[bytes]], Any]], last: str | None = None
+) -> None:
+    """Write ``{name: write(binary file)}`` into ``folder`` as one unit: after a kill at any point, either all
+    the old files or all the new ones are the committed state.
+
+    1. every file is written into a temporary folder ``folder/..pending.<random>.tmp/``: a kill leaves
+       the old files and a temporary;
+    2. that folder is renamed to ``folder/.pending/``: the commit;
+    3. the files are moved into ``folder`` (``last`` last) and ``.pending/`` is removed: a kill leaves
+       some new files in place and the rest in ``.pending/``, which :func:`committed_path` reads and
+       :func:`finish_files_together` (called first here, and by the writer when it restarts) moves in.
+
+    Only one process may write ``folder`` this way at a time.
+    """
+    folder = Path(folder)
+    finish_files_together(folder, last)
+    with atomic_folder(folder / PENDING_DIR) as staging:
+        for name, write in files.items():
+            write_atomic(staging / name, write)
+    _move_pending(folder, last)
+
+
+def _move_pending(folder: Path, last: str | None) -> None:
+    pending = folder / PENDING_DIR
+    names = sorted((p.name for p in pending.iterdir() if not is_temporary(p)), key=lambda name: (name == last, name))
+    for name in names:
+        os.replace(pending / name, folder / name)
+    os.rmdir(pending)
+
+
+def finish_files_together(folder: str | os.PathLike, last: str | None = None) -> bool:
+    """Complete a :func:`write_files_together` killed after its commit and remove the temporaries of ``folder``.
+
+    Only the process that writes ``folder`` may call this. Returns whether an interrupted write was completed.
+    """
+    folder = Path(folder)
+    remove_temporaries(folder)
+    if not (folder / PENDING_DIR).is_dir():
+        return False
+    _move_pending(folder, last)
+    return True
+
+
+def committed_path(folder: str | os.PathLike, name: str) -> Path:
+    """Where the committed ``name`` of ``folder`` is: ``.pending/`` while a killed write is unfinished, else ``folder``."""
+    pending = Path(folder) / PENDING_DIR / name
+    return pending if pending.is_file() else Path(folder) / name

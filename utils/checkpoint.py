@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.atomic import write_atomic
+from utils.atomic import write_atomic, write_files_together
 
 
 class CheckpointError(RuntimeError):
@@ -129,3 +129,8 @@ def load_checkpoint(
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: no partial file ever has ``path``'s name."""
     return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_together(folder: str | os.PathLike, objects: Mapping[str, Any], last: str | None = None) -> None:
+    """``torch.save`` ``{file name: object}`` into ``folder`` as one unit (:func:`utils.atomic.write_files_together`)."""
+    write_files_together(folder, {name: (lambda f, obj=obj: torch.save(obj, f)) for name, obj in objects.items()}, last)

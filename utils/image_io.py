@@ -6,8 +6,10 @@ uses a ``rows x cols`` grid with ``rows * cols == n`` exactly (:func:`grid_shape
 part of the file name: ``<identity>.grid<rows>x<cols>.png``, so reading is exact for any tile size.
 
 Files are written under a temporary name in the same folder and renamed (``os.replace``), so a file
-with a final name is always complete. Blocks from the original code (no grid in the name) can be
-read with an explicit ``tile_size``; their all-black padding tiles are dropped.
+with a final name is always complete. Identity names pass :func:`utils.names.safe_child` first: a
+name that is not a single visible file name, or that resolves outside the folder, is refused.
+Blocks from the original code (no grid in the name) can be read with an explicit ``tile_size``;
+their all-black padding tiles are dropped.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.atomic import atomic_folder, write_atomic
+from utils.names import check_name, safe_child
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 BLOCK_PATTERN = re.compile(r"^(?P<identity>.+)\.grid(?P<rows>\d+)x(?P<cols>\d+)\.png$")
@@ -69,15 +72,17 @@ def untile(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def write_block(folder: str | os.PathLike, identity: str, images: np.ndarray) -> Path:
     """Write ``images`` (N, H, W, 3) uint8 of ``identity`` to ``folder/<identity>.grid<r>x<c>.png`` atomically."""
+    what = f"identity name for {folder}"
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ValueError(f"block images of {identity!r} must be uint8, found {images.dtype}")
-    return save_png_atomic(tile(images), Path(folder) / block_name(identity, len(images)))
+    path = safe_child(folder, block_name(check_name(identity, what), len(images)), what)
+    return save_png_atomic(tile(images), path)
 
 
 def write_image_folder(folder: str | os.PathLike, identity: str, images: Sequence[np.ndarray]) -> Path:
     """Write ``folder/<identity>/<k>.png`` for k = 0..N-1; the folder is filled under a temporary name and renamed."""
-    final = Path(folder) / identity
+    final = safe_child(folder, identity, f"identity name for {folder}")
     with atomic_folder(final, replace=True) as tmp:
         for k, image in enumerate(images):
             Image.fromarray(np.asarray(image)).save(tmp / f"{k}.png", format="PNG")

@@ -220,9 +220,9 @@ def test_bad_inputs_are_one_clear_line(folders: Path, tmp_path: Path) -> None:
         run(tmp_path / "empty", tmp_path / "out", "rec")
     (folders / "x..y").mkdir()
     Image.fromarray(images_of("id0", 1)[0]).save(folders / "x..y" / "0.png")
-    with pytest.raises(ValueError, match=r"identity name 'x..y' is not allowed"):
+    with pytest.raises(ValueError, match=r"identity name .*'x..y' contains '..'"):
         run(folders, tmp_path / "out", "rec")
-    with pytest.raises(ValueError, match=r"identity name 'a/b' is not allowed"):
+    with pytest.raises(ValueError, match=r"identity name .*'a/b' contains a path separator"):
         ShardPlan(("a/b",), 1)
     (folders / "x..y" / "0.png").unlink()
     (folders / "x..y").rmdir()

@@ -77,3 +77,20 @@ def test_data_order_depends_on_step_only_and_splits_across_ranks() -> None:
     assert two[0].batch_at(7) + two[1].batch_at(7) == one.batch_at(7)
     flips = [f for s in range(50) for _, f in one.batch_at(s)]
     assert 0.35 < np.mean(flips) < 0.65
+
+
+def test_skipped_image_comes_with_the_context_of_the_image_used(tmp_path: Path) -> None:
+    """Policy skip: the substitute image must not be trained with the unreadable image's identity context."""
+    make_folder(tmp_path, ["a", "b", "c"], ["a", "b", "c"])
+    (tmp_path / "images" / "b.png").write_bytes(b"not a png")
+    ds = FaceEmbeddingDataset(tmp_path / "images", tmp_path / "emb.npz", image_size=8, on_unreadable="skip")
+    for flip in (False, True):
+        x, context = ds[(1, flip)]
+        expected = ds.read_image(2)
+        torch.testing.assert_close(x, torch.flip(expected, dims=[2]) if flip else expected, rtol=0, atol=0)
+        torch.testing.assert_close(context, ds.contexts[2], rtol=0, atol=0)  # c's context, not b's
+    x, context = ds[(0, False)]
+    torch.testing.assert_close(context, ds.contexts[0], rtol=0, atol=0)
+    (tmp_path / "images" / "c.png").write_bytes(b"not a png either")
+    _, context = ds[(1, False)]  # b and c unreadable: wraps around to a
+    torch.testing.assert_close(context, ds.contexts[0], rtol=0, atol=0)

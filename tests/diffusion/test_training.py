@@ -1,4 +1,5 @@
-"""Training loop: loss goes down on a tiny dataset, run-folder layout, exact resume after SIGKILL, DDP, NaN stop."""
+"""Training loop: loss goes down on a tiny dataset, run-folder layout, exact resume after SIGKILL (also inside a
+checkpoint write), DDP, NaN stop."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from diffusion.ddpm import load_diffusion_checkpoint
+from diffusion.train_state import has_checkpoint
 from diffusion.training import TrainingError, train
 from embedding.files import save_embeddings
 from models.autoencoder.vqgan import VQDecoderInterface, VQEncoderInterface
@@ -221,3 +223,66 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     init = instantiate(compose("train_config", common).diffusion).state_dict()
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 1e-2, "the runs must have trained for the comparison to mean anything"
+
+
+def _kill_overrides(data: Path) -> list[str]:
+    """6 steps, a checkpoint every 2 (the one of step 4 also kept as ema_averaged_model_4.ckpt)."""
+    return tiny_overrides(data, 6, **{"training.steps_between_eval": 2, "training.steps_between_sampling": 6,
+                                      "training.steps_of_checkpoints": "[4]", "training.steps_between_logging": 2})
+
+
+def _resume_killed(overrides: list[str], run: Path) -> Path:
+    """What a user (or the demo) does after a kill: the same command, resuming when a checkpoint exists."""
+    restore = "true" if has_checkpoint(run) else "false"
+    return train(compose("train_config", overrides + [f"training.checkpoint.restore={restore}"]), run_dir=run)
+
+
+def _assert_same_final_weights(straight: Path, resumed: Path) -> None:
+    for name in ("model.ckpt", "ema_averaged_model.ckpt", "ema_averaged_model_4.ckpt"):
+        a = torch_load(straight / "checkpoints" / name)
+        b = torch_load(resumed / "checkpoints" / name)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == sorted(
+        p.name for p in (straight / "checkpoints").iterdir())
+    rows = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [2, 4, 6]
+
+
+def _boundaries_of_second_checkpoint(events: list[tuple[str, str]]) -> range:
+    """1-based indices of the file boundaries of the second checkpoint write (each write starts with a temporary
+    folder: ``mkdtemp`` in ``checkpoints/``)."""
+    starts = [i for i, (op, path) in enumerate(events) if op == "mkdtemp" and path.endswith("checkpoints")]
+    assert len(starts) == 3, events
+    return range(starts[1] + 1, starts[2] + 1)
+
+
+def test_kill_between_checkpoint_files_resumes_bitwise(tmp_path: Path, kill_switch) -> None:
+    """The audit's case: killed after the new model.ckpt is in place but before optimization.ckpt."""
+    make_face_folder(tmp_path / "data")
+    overrides = _kill_overrides(tmp_path / "data")
+    counter = kill_switch(tmp_path / "straight" / "checkpoints", tmp_path / "straight", tmp_path / "unused")
+    straight = train(compose("train_config", overrides), run_dir=tmp_path / "straight")
+    second = _boundaries_of_second_checkpoint(counter.events)
+    n = next(i for i in second if counter.events[i - 1][1].endswith("optimization.ckpt")
+             and counter.events[i - 2][1].endswith("model.ckpt") and counter.events[i - 1][0] == "replace")
+    switch = kill_switch(tmp_path / "run" / "checkpoints", tmp_path / "run", tmp_path / "killed", kill_at=n)
+    with pytest.raises(switch.killed):
+        train(compose("train_config", overrides), run_dir=tmp_path / "run")
+    assert torch_load(tmp_path / "killed" / "checkpoints" / "optimization.ckpt")["global_step"] == 2  # not moved yet
+    kill_switch(tmp_path / "none", tmp_path, tmp_path / "unused")
+    _assert_same_final_weights(straight, _resume_killed(overrides, tmp_path / "killed"))
+
+
+@pytest.mark.slow
+def test_kill_at_every_file_boundary_of_a_checkpoint_resumes_bitwise(tmp_path: Path, kill_switch) -> None:
+    make_face_folder(tmp_path / "data")
+    overrides = _kill_overrides(tmp_path / "data")
+    counter = kill_switch(tmp_path / "straight" / "checkpoints", tmp_path / "straight", tmp_path / "unused")
+    straight = train(compose("train_config", overrides), run_dir=tmp_path / "straight")
+    for n in _boundaries_of_second_checkpoint(counter.events):
+        switch = kill_switch(tmp_path / f"run_{n}" / "checkpoints", tmp_path / f"run_{n}", tmp_path / f"killed_{n}",
+                             kill_at=n)
+        with pytest.raises(switch.killed):
+            train(compose("train_config", overrides), run_dir=tmp_path / f"run_{n}")
+        kill_switch(tmp_path / "none", tmp_path, tmp_path / "unused")
+        _assert_same_final_weights(straight, _resume_killed(overrides, tmp_path / f"killed_{n}"))

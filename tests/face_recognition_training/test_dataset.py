@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -106,3 +107,47 @@ def test_fr_metrics_plot_is_written(tmp_path: Path) -> None:
                 "mean_accuracy": 60.0 + e} for e in range(3)]
     png = plot_metrics(records, tmp_path / "metrics.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path: Path) -> None:
+    """A killed split_identity_blocks.py leaves ``.<identity>.<random>.tmp/``: it is neither a class nor a sample."""
+    root = _folders(tmp_path / "data", {"a": 2, "b": 2, ".c.x1y2z3.tmp": 2})
+    Image.new("RGB", (112, 112)).save(root / "a" / ".hidden.png")
+    dataset = ClassFolderDataset(root)
+    assert dataset.classes == ["a", "b"] and dataset.num_classes == 2
+    assert [(p.parent.name, p.name) for p, _ in dataset.samples] == [("a", "00.png"), ("a", "01.png"),
+                                                                     ("b", "00.png"), ("b", "01.png")]
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_corrupt_image_is_named_or_skipped_with_its_own_label(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "data"
+    for name, shade in (("a", 0), ("b", 100)):
+        (root / name).mkdir(parents=True)
+        for j in range(2):
+            Image.effect_noise((112, 112), 40 + shade).convert("RGB").save(root / name / f"{j}.png")
+    bad = _truncate(root / "a" / "1.png")
+    stop = ClassFolderDataset(root, on_unreadable="stop")
+    with pytest.raises(ValueError) as err:
+        stop[1]
+    message = str(err.value)
+    assert str(bad) in message and "truncated" in message and "on_unreadable" in message and "\n" not in message
+
+    skip = ClassFolderDataset(root, on_unreadable="skip")
+    with caplog.at_level("WARNING"):
+        image, label = skip[1]
+        skip[1]
+    assert label == 1 and image.size == (112, 112)  # the image used is b/0.png, so its label is b's
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(root / "b" / "0.png").convert("RGB")))
+    warnings = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(warnings) == 1 and "1 unreadable" in warnings[0], warnings
+    epoch = [labels.tolist() for _, labels in EpochLoader(
+        ClassFolderDataset(root, transform=build_transform(), on_unreadable="skip"), batch_size=2).epoch(0)]
+    assert sorted(sum(epoch, [])) == [0, 1, 1, 1]
+    with pytest.raises(ValueError, match="on_unreadable must be one of"):
+        ClassFolderDataset(root, on_unreadable="ignore")

@@ -1,4 +1,5 @@
-"""Resume after SIGKILL: a killed and restarted CPU run ends with the same weights, bitwise.
+"""Resume after SIGKILL: a killed and restarted CPU run ends with the same weights, bitwise; a kill between the files
+of an epoch leaves them consistent after the rerun.
 
 Both runs are subprocesses of ``python -m face_recognition_training.train`` with one thread.
 The config exercises every source of state: RandAugment and dropout (torch RNG, workers=0),
@@ -13,12 +14,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from face_recognition_training.bin_reader import write_bin
+from face_recognition_training.train import train
 from utils.checkpoint import torch_load
+from utils.config import compose
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CKPT = "checkpoint.pt"
@@ -80,3 +86,60 @@ def test_resume_after_sigkill_is_bitwise(tmp_path: Path, faces) -> None:
     np.testing.assert_array_equal([r["loss"] for r in lines], [r["loss"] for r in ref_lines])
     assert (tmp_path / "kill" / "metrics.png").is_file()
 
+
+
+def _one_epoch_run(tmp_path: Path, faces) -> list[str]:
+    """One epoch of iResNet-18 with verification on a tiny lfw.bin: the epoch improves, so it writes all three
+    files (checkpoint.pt, backbone.pth, backbone_best.pth), and it is the last epoch."""
+    images = faces.make_identity_images(4, 5, seed=1)
+    data = faces.write_class_folders(tmp_path / "data", images[:, :2])
+    pairs, is_same = faces.verification_pairs(images[:, 2:])
+    write_bin(tmp_path / "bins" / "lfw.bin", pairs, is_same)
+    return [f"data.root={data}", "data.width=0", "data.depth=0", "data.augment=none", "data.num_workers=0",
+            "fr/backbone=iresnet18", "fr/schedule=step", "fr.schedule.max_epochs=1", "train.batch_size=4",
+            "train.device=cpu", "train.progress=false", f"eval.bin_dir={tmp_path / 'bins'}", "eval.benchmarks=[lfw]"]
+
+
+def _assert_epoch_files_consistent(out: Path, reference: Path | None = None) -> None:
+    """backbone.pth and backbone_best.pth hold the checkpoint's backbone (the only epoch is the best), and equal
+    ``reference``'s (an uninterrupted run) when given."""
+    state = torch_load(out / CKPT)
+    assert state["epoch"] == 1 and state["early_stopping"]["best_epoch"] == 0
+    backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    for name in ("backbone.pth", "backbone_best.pth"):
+        saved = torch_load(out / name)
+        expected = backbone if reference is None else torch_load(reference / name)
+        assert saved.keys() == backbone.keys() == expected.keys(), name
+        assert all(torch.equal(saved[k], backbone[k]) and torch.equal(saved[k], expected[k]) for k in saved), name
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def _kill_and_rerun(tmp_path: Path, overrides: list[str], kill_switch, n: int | Callable[[str, str], bool]) -> Path:
+    tag = n if isinstance(n, int) else "at"
+    run, killed = tmp_path / f"run_{tag}", tmp_path / f"killed_{tag}"
+    switch = kill_switch(run, run, killed, kill_at=n)
+    with pytest.raises(switch.killed):
+        train(compose("fr_train_config", [*overrides, f"train.output_dir={run}"]))
+    kill_switch(tmp_path / "none", tmp_path, tmp_path / "unused")
+    train(compose("fr_train_config", [*overrides, f"train.output_dir={killed}"]))
+    return killed
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_kill_between_epoch_files_leaves_them_consistent(tmp_path: Path, faces, kill_switch) -> None:
+    """The audit's case: the new checkpoint.pt is in place, backbone_best.pth is not (or the reverse)."""
+    overrides = _one_epoch_run(tmp_path, faces)
+    killed = _kill_and_rerun(tmp_path, overrides, kill_switch,
+                             lambda op, path: op == "replace" and path.endswith("backbone_best.pth"))
+    _assert_epoch_files_consistent(killed)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_kill_at_every_file_boundary_of_an_epoch_leaves_its_files_consistent(tmp_path: Path, faces, kill_switch) -> None:
+    overrides = _one_epoch_run(tmp_path, faces)
+    counter = kill_switch(tmp_path / "straight", tmp_path / "straight", tmp_path / "unused")
+    train(compose("fr_train_config", [*overrides, f"train.output_dir={tmp_path / 'straight'}"]))
+    assert len(counter.events) >= 6, counter.events
+    for n in range(1, len(counter.events) + 1):
+        _assert_epoch_files_consistent(_kill_and_rerun(tmp_path, overrides, kill_switch, n), tmp_path / "straight")

@@ -11,13 +11,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from dataset_building.export import export_dataset
-from face_recognition_training.dataset import (
-    EpochLoader,
+from face_recognition_training.dataset import EpochLoader, build_transform
+from face_recognition_training.shard_data import (
     RecordDataset,
     StreamLoader,
     TarShardStream,
     build_training_data,
-    build_transform,
     detect_format,
 )
 from utils.config import compose
