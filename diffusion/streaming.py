@@ -107,7 +107,7 @@ class AlignSettings:
 
 @dataclass(frozen=True)
 class ShardSettings:
-    """``sampling.output`` (``rec``, ``webdataset``, ``folders``) and ``sampling.shards`` (``export_dataset.py``'s keys)."""
+    """``sampling.output`` (``rec``, ``webdataset``, ``folders``) and ``sampling.shards`` (``export.*`` keys)."""
 
     format: str
     identities_per_shard: int = 1000
