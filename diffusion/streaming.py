@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from alignment.aligner import TEMPLATES, FaceAligner
 from dataset_building.merge import finalize, missing_shards
@@ -96,8 +96,9 @@ class AlignSettings:
     @classmethod
     def from_config(cls, align: DictConfig) -> AlignSettings:
         """Read ``sampling.align`` (every key must be present)."""
-        return cls(align.template, align.size, align.min_face_size, tuple(align.thresholds), align.pad,
-                   align.just_resize_if_fail, align.batch_size)
+        thresholds = tuple(align.thresholds) if isinstance(align.thresholds, ListConfig) else align.thresholds
+        return cls(align.template, align.size, align.min_face_size, thresholds, align.pad, align.just_resize_if_fail,
+                   align.batch_size)
 
     def build_aligner(self, device: torch.device) -> FaceAligner:
         """MTCNN on ``device`` (the sampling device) with these settings."""
@@ -183,11 +184,11 @@ class BlockWriter:
         self.out_dir, self.output, self.task = Path(out_dir), output, task
         index, count = task
         self.mine = [names[i] for i in range(index, len(names), count)]
-        finals = {block_name(name, n_images) if output == "block" else name for name in self.mine}
-        for path in remove_temporaries(self.out_dir, lambda final: final in finals):
+        finals = {name: block_name(name, n_images) if output == "block" else name for name in self.mine}
+        final_names = set(finals.values())
+        for path in remove_temporaries(self.out_dir, lambda final: final in final_names):
             log.info("removed %s left by an interrupted run", path.name)
-        self._pending = [name for name in self.mine if not (self.out_dir / (
-            block_name(name, n_images) if output == "block" else name)).exists()]
+        self._pending = [name for name in self.mine if not (self.out_dir / finals[name]).exists()]
 
     def pending(self) -> list[str]:
         """This process's identities still to write, in the order :meth:`add` expects them."""

@@ -27,7 +27,7 @@ from dataset_building.recordio import RecordReader, read_property, unpack
 from diffusion.fingerprint import FINGERPRINT
 from diffusion.generation import generate_dataset, generate_into, load_trained_model, sample_from_config
 from diffusion.sampling_settings import SamplerSettings
-from diffusion.streaming import ALIGNMENT_REPORT, AlignSettings, ShardSettings, ShardStream
+from diffusion.streaming import ALIGNMENT_REPORT, AlignSettings, BlockWriter, ShardSettings, ShardStream
 from embedding.files import EmbeddingSet
 from tests.diffusion.tiny_runs import CONTEXT_DIM, make_run
 from utils.config import compose
@@ -175,45 +175,46 @@ def clean_runs() -> dict[str, dict[str, bytes]]:
 def finished_identities(folder: Path, fmt: str) -> int:
     """Identities in the finished shard files (2, 2, 1 identities) or identity folders of ``folder``."""
     if fmt == "folders":
-        return sum(p.is_dir() for p in folder.iterdir())
+        return sum(p.is_dir() for p in folder.iterdir() if not p.name.startswith("."))
     files = (folder / "shards").glob("*.rec") if fmt == "rec" else folder.glob("*.tar")
     return sum(1 if p.name.startswith("shard-000002") else 2 for p in files)
 
 
-# os.replace calls of a run: 1 fingerprint, 2 config copy, 3 export plan; per shard file (2, 2, 1 identities)
-# rec: counts, sidecar, idx, rec (4-15); webdataset: counts, sidecar, tar (4-12); folders: counts + folder per
-# identity (4-13); then the alignment report, the merge (rec: property, idx, rec) and the summary: rec 20,
-# webdataset 14, folders 15
-@pytest.mark.parametrize("fmt, fail_at", [("rec", 1), ("rec", 4), ("rec", 6), ("rec", 9), ("rec", 15), ("rec", 16),
-                                          ("rec", 19), ("webdataset", 5), ("webdataset", 9), ("webdataset", 13),
-                                          ("folders", 5), ("folders", 8), ("folders", 14)])
+# The renames of a run: the fingerprint, the config copy, the export plan; per shard file (2, 2, 1 identities)
+# rec: counts, sidecar, idx, rec; webdataset: counts, sidecar, tar; folders: counts then folder per identity;
+# then the alignment report, the merge (rec: property, idx, rec) and the summary. The run is killed in the
+# n-th rename to a file of that name.
+@pytest.mark.parametrize("fmt, name, n, done", [
+    ("rec", FINGERPRINT, 1, 0), ("rec", "shard-000000.alignment.json", 1, 0), ("rec", "shard-000000.idx", 1, 0),
+    ("rec", "shard-000001.json", 1, 2), ("rec", "shard-000002.rec", 1, 4), ("rec", ALIGNMENT_REPORT, 1, 5),
+    ("rec", "train.rec", 1, 5), ("webdataset", "shard-000000.json", 1, 0), ("webdataset", "shard-000001.tar", 1, 2),
+    ("webdataset", ALIGNMENT_REPORT, 1, 5), ("folders", "id0", 1, 0), ("folders", "shard-000001.alignment.json", 2, 3),
+    ("folders", ALIGNMENT_REPORT, 1, 5)])
 def test_a_killed_run_resumes_to_the_same_bytes(tmp_path: Path, run_dir: Path, contexts_file: Path,
                                                 clean_runs: dict, monkeypatch: pytest.MonkeyPatch, fmt: str,
-                                                fail_at: int) -> None:
+                                                name: str, n: int, done: int) -> None:
     keep = ("sampling.shards.rec.keep_shards=true",)
     if fmt not in clean_runs:
         sample(run_dir, contexts_file, tmp_path / "clean", f"sampling.output={fmt}", *keep)
         clean_runs[fmt] = tree(tmp_path / "clean" / "tiny-run" / "ids")
-    calls = {"n": 0}
-    real_replace = os.replace
+    replace, renamed = os.replace, []
 
-    def failing_replace(src, dst):
-        calls["n"] += 1
-        if calls["n"] == fail_at:
-            raise KeyboardInterrupt(f"killed in rename {fail_at}")
-        real_replace(src, dst)
+    def killed_in_the_nth_rename_to_name(src: str, dst: str) -> None:
+        renamed.append(Path(dst).name)
+        if renamed.count(name) == n:
+            raise KeyboardInterrupt(f"killed while renaming {name}")
+        replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(os, "replace", killed_in_the_nth_rename_to_name)
+    with pytest.raises(KeyboardInterrupt, match=f"killed while renaming {name}"):
         sample(run_dir, contexts_file, tmp_path / "killed", f"sampling.output={fmt}", *keep)
-    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", replace)
     killed = tmp_path / "killed" / "tiny-run" / "ids"
     assert not (killed / "export_summary.json").exists()
-    done = finished_identities(killed, fmt) if killed.is_dir() else 0
+    assert finished_identities(killed, fmt) == done  # identities in finished shard files or folders
     summary = sample(run_dir, contexts_file, tmp_path / "killed", f"sampling.output={fmt}", *keep)
     assert (summary.skipped, summary.written) == (done, 5 - done)  # finished work is kept, not redone
     assert tree(killed) == clean_runs[fmt]  # no temporaries left, same bytes
-    assert calls["n"] == fail_at  # the failure happened where the parameter says
 
 
 @pytest.mark.parametrize("fmt", ["rec", "webdataset"])
@@ -247,6 +248,7 @@ def test_a_rerun_with_other_alignment_or_shard_settings_is_refused(tmp_path: Pat
                              r"found 'lmdb'"),
     ("sampling.align.template=celeba", r"sampling.align.template must be one of \['arcface', 'dlib'\], found 'celeba'"),
     ("sampling.align.thresholds=[0.6,0.7]", r"sampling.align.thresholds must be 3 scores in \(0, 1\]"),
+    ("sampling.align.thresholds=0.6", r"sampling.align.thresholds must be 3 scores in \(0, 1\] .*found 0.6"),
     ("sampling.align.pad=1.5", r"sampling.align.pad must be a fraction in \[0, 1\], found 1.5"),
     ("sampling.align.size=8", r"sampling.align.size must be an integer in \[16, 4096\], found 8"),
     ("sampling.shards.image_format=bmp", r"sampling.shards.image_format must be one of \('png', 'jpg'\)"),
@@ -267,3 +269,19 @@ def test_sampling_align_and_shards_default_to_align_py_and_export_dataset_py() -
     assert {k: shards[k] for k in shards} == {k: export.export[k] for k in shards}
     assert AlignSettings.from_config(sampling.sampling.align) == AlignSettings()
     assert ShardSettings.from_config(compose("sample_config", ["sampling.output=rec"]).sampling) == ShardSettings("rec")
+
+
+def test_block_writer_owns_every_count_th_identity_and_only_its_temporaries(tmp_path: Path) -> None:
+    (tmp_path / "id10").mkdir()  # finished: identity 0 of task 0 (identities 0, 2, 4 of NAMES)
+    (tmp_path / ".id1.k3j9.tmp").mkdir()  # a killed write of task 0 (a folder) and of task 1
+    (tmp_path / ".id1.k3j9.tmp" / "0.png").write_bytes(b"half")
+    (tmp_path / ".id2.k3j9.tmp").mkdir()
+    writer = BlockWriter(tmp_path, NAMES, N_IMAGES, "files", (0, 2))
+    assert writer.mine == ["id10", "id1", "id0"] and writer.pending() == ["id1", "id0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".id2.k3j9.tmp", "id10"]
+    (tmp_path / ".id3.grid1x3.png.x7.tmp").write_bytes(b"task 1's block")
+    (tmp_path / ".id0.grid1x3.png.x7.tmp").write_bytes(b"task 0's block")
+    assert BlockWriter(tmp_path, NAMES, N_IMAGES, "block", (0, 2)).pending() == ["id10", "id1", "id0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".id2.k3j9.tmp", ".id3.grid1x3.png.x7.tmp", "id10"]
+    with pytest.raises(ValueError, match=r"sampling.output must be one of \('block', 'files'\) \(aligned outputs"):
+        BlockWriter(tmp_path, NAMES, N_IMAGES, "rec")
