@@ -8,8 +8,10 @@ because CPU kernels pick different reduction orders for different batch sizes (b
 by ~1e-7 on the CPU); with a fixed row count the rows are bitwise independent of ``batch_size``.
 Changing ``micro_batch``, the device or the number of threads may change the last bits.
 
-Resume: an identity is done when its final file exists. Files are written under a temporary name and
-renamed, so a killed run leaves either nothing or a complete file, and a restart redoes only the rest.
+Resume: an identity (a shard file for aligned outputs, :mod:`diffusion.streaming`) is done when its
+final file exists. Files are written under a temporary name and renamed, so a killed run leaves
+either nothing or a complete file, and a restart redoes only the rest. The output folder records
+what determines its images (:mod:`diffusion.fingerprint`): a rerun with other settings is refused.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +31,27 @@ from tqdm import tqdm
 
 from contexts.sources import load_contexts
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel, load_diffusion_checkpoint
+from diffusion.fingerprint import claim_folder, sampling_fingerprint
 from diffusion.guidance import negative_contexts
 from diffusion.samplers import EpsFn, guided_eps, per_sample_noise, sample_loop
 from diffusion.sampling_settings import SamplerSettings
+from diffusion.streaming import (
+    ALIGNED_OUTPUTS,
+    SAMPLE_OUTPUTS,
+    AlignSettings,
+    BlockWriter,
+    ShardSettings,
+    ShardStream,
+)
 from diffusion.train_state import build_diffusion_model
 from models.autoencoder.vqgan import VQ_F4_EMBED_DIM, VQ_F4_N_EMBED, VQDecoderInterface, load_vq_decoder
+from utils.atomic import write_text_atomic
 from utils.checkpoint import CheckpointError
 from utils.config import CONFIG_DIR, resolve_device
 from utils.distributed import resolve_task
-from utils.image_io import block_name, write_block, write_image_folder
 from utils.names import check_names
 
 log = logging.getLogger(__name__)
-
-OUTPUTS = ("block", "files")
 
 
 @dataclass
@@ -220,32 +229,9 @@ def sample_images(
     return to_uint8(x_0)
 
 
-def _is_done(out_dir: Path, identity: str, n_images: int, output: str) -> bool:
-    if output == "block":
-        return (out_dir / block_name(identity, n_images)).is_file()
-    return (out_dir / identity).is_dir()
-
-
-def _remove_stale_temporaries(out_dir: Path, identities: Sequence[str], n_images: int) -> None:
-    """Delete temporaries a killed run of this shard left behind (``.<final name>.<random>.tmp``)."""
-    if not out_dir.is_dir():
-        return
-    finals = {f".{block_name(i, n_images)}." for i in identities} | {f".{i}." for i in identities}
-    for entry in out_dir.glob(".*.tmp"):
-        head, _, rest = entry.name[: -len(".tmp")].rpartition(".")
-        if f"{head}." in finals and rest:
-            log.info("removing %s left by an interrupted run", entry.name)
-            if entry.is_dir():
-                for child in entry.iterdir():
-                    child.unlink()
-                entry.rmdir()
-            else:
-                entry.unlink()
-
-
 @dataclass
 class GenerationSummary:
-    """What one shard did."""
+    """What one process did; ``export`` is the dataset summary once a sharded output is complete."""
 
     shard: tuple[int, int]
     identities: int
@@ -253,10 +239,94 @@ class GenerationSummary:
     written: int
     images: int
     seconds: float
+    export: dict | None = None
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def sample_identities(
+    model: TrainedModel,
+    contexts: np.ndarray,
+    rows: Sequence[int],
+    seeds: Callable[[int, int], int],
+    n_images: int,
+    settings: SamplerSettings,
+    batch_size: int,
+    negatives: np.ndarray | None = None,
+    desc: str = "sampling",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Sample ``n_images`` per row of ``rows``, packed into batches of ``batch_size`` across identities.
+
+    Args:
+        contexts: (N, D) float32; rows: the rows to sample, in the order they are yielded.
+        seeds: ``seeds(row, k)``, the seed of image k of a row (:func:`image_seed` of its name).
+        negatives: (len(rows), D) negative contexts when ``settings.negative`` is active.
+    Yields:
+        ``(row, images (n_images, H, W, 3) uint8)`` for each row, in order, as soon as its images exist.
+    """
+    work = [(j, k) for j in range(len(rows)) for k in range(n_images)]
+    buffers: dict[int, list[np.ndarray]] = {}
+    with tqdm(total=len(work), desc=desc, unit="img") as bar:
+        for start in range(0, len(work), batch_size):
+            batch = work[start : start + batch_size]
+            context = torch.from_numpy(np.stack([contexts[rows[j]] for j, _ in batch]))
+            negative = None if negatives is None else torch.from_numpy(np.stack([negatives[j] for j, _ in batch]))
+            images = sample_images(model, context, [seeds(rows[j], k) for j, k in batch], settings, negative)
+            finished = []
+            for (j, _), image in zip(batch, images, strict=True):
+                buffers.setdefault(j, []).append(image)
+                if len(buffers[j]) == n_images:
+                    finished.append((rows[j], np.stack(buffers.pop(j))))
+            bar.update(len(batch))
+            yield from finished
+
+
+def generate_into(
+    model: TrainedModel,
+    names: Sequence[str],
+    contexts: np.ndarray,
+    sink: BlockWriter | ShardStream,
+    n_images: int,
+    settings: SamplerSettings | None = None,
+    seed: int = 42,
+    batch_size: int = 50,
+) -> GenerationSummary:
+    """Sample ``n_images`` for each identity the ``sink`` still needs and hand them over in its order.
+
+    Args:
+        names: N identity names; contexts: (N, D) float32 contexts.
+        sink: a :class:`~diffusion.streaming.BlockWriter` or :class:`~diffusion.streaming.ShardStream`.
+        settings: how to sample (default: the original's DDPM); with negative guidance, ``close`` and
+            ``far`` negatives are chosen among all N contexts.
+    """
+    settings = settings or SamplerSettings()
+    if contexts.shape[1] != model.context_dim:
+        raise ValueError(f"contexts have dimension {contexts.shape[1]} but {model.name} expects {model.context_dim}")
+    check_names(names, f"identity name for {sink.out_dir}")
+    index, count = sink.task
+    row_of = {name: i for i, name in enumerate(names)}
+    pending = [row_of[name] for name in sink.pending()]
+    log.info("shard %d/%d: %d identities, %d already done, %d to sample", index, count, len(sink.mine),
+             len(sink.mine) - len(pending), len(pending))
+    negatives = None
+    if settings.negative.active and pending:
+        negatives = negative_contexts(settings.negative, names, contexts, pending, model.diffusion.betas.device)
+    start_time = time.perf_counter()
+    try:
+        for i, images in sample_identities(model, contexts, pending, lambda i, k: image_seed(seed, names[i], k),
+                                           n_images, settings, batch_size, negatives, f"sampling shard {index}"):
+            sink.add(names[i], images)
+        export = sink.finish()
+    finally:
+        sink.close()
+    summary = GenerationSummary((index, count), len(sink.mine), len(sink.mine) - len(pending), len(pending),
+                                len(pending) * n_images, time.perf_counter() - start_time, export)
+    log.info("shard %d/%d done: %d identities written, %d skipped, %d images in %.1f s (%.3f images/s) -> %s",
+             index, count, summary.written, summary.skipped, summary.images, summary.seconds,
+             summary.images_per_second, sink.out_dir)
+    return summary
 
 
 def generate_dataset(
@@ -271,59 +341,14 @@ def generate_dataset(
     output: str = "block",
     shard: tuple[int, int] = (0, 1),
 ) -> GenerationSummary:
-    """Sample ``n_images`` per identity for this shard's identities and write them to ``out_dir``.
+    """Sample ``n_images`` per identity of this shard (identity i belongs to shard ``i % count``) into ``out_dir``.
 
     Images of several identities are packed into batches of ``batch_size``; an identity is written
-    (``<name>.grid<r>x<c>.png`` for ``block``, ``<name>/<k>.png`` for ``files``) once all its images exist.
-
-    Args:
-        names: N identity names; contexts: (N, D) float32 contexts.
-        settings: how to sample (default: the original's DDPM); with negative guidance, ``close`` and
-            ``far`` negatives are chosen among all N contexts.
-        shard: (index, count); identity i belongs to shard ``i % count``.
+    (``<name>.grid<r>x<c>.png`` for ``block``, ``<name>/<k>.png`` for ``files``) once all its images
+    exist. See :func:`generate_into` for the other arguments.
     """
-    settings = settings or SamplerSettings()
-    if output not in OUTPUTS:
-        raise ValueError(f"sampling.output must be one of {OUTPUTS}, found {output!r}")
-    if contexts.shape[1] != model.context_dim:
-        raise ValueError(f"contexts have dimension {contexts.shape[1]} but {model.name} expects {model.context_dim}")
-    out_dir = Path(out_dir)
-    check_names(names, f"identity name for {out_dir}")
-    index, count = shard
-    mine = list(range(index, len(names), count))
-    _remove_stale_temporaries(out_dir, [names[i] for i in mine], n_images)
-    pending = [i for i in mine if not _is_done(out_dir, names[i], n_images, output)]
-    log.info("shard %d/%d: %d identities, %d already done, %d to sample", index, count, len(mine),
-             len(mine) - len(pending), len(pending))
-    work = [(i, k) for i in pending for k in range(n_images)]
-    negatives = None
-    if settings.negative.active:
-        negatives = dict(zip(pending, negative_contexts(settings.negative, names, contexts, pending,
-                                                        model.diffusion.betas.device)))
-    buffers: dict[int, list[np.ndarray]] = {}
-    start_time = time.perf_counter()
-    with tqdm(total=len(work), desc=f"sampling shard {index}", unit="img") as bar:
-        for start in range(0, len(work), batch_size):
-            batch = work[start : start + batch_size]
-            context = torch.from_numpy(np.stack([contexts[i] for i, _ in batch]))
-            seeds = [image_seed(seed, names[i], k) for i, k in batch]
-            negative = None if negatives is None else torch.from_numpy(np.stack([negatives[i] for i, _ in batch]))
-            images = sample_images(model, context, seeds, settings, negative)
-            for (i, _), image in zip(batch, images):
-                buffers.setdefault(i, []).append(image)
-                if len(buffers[i]) == n_images:
-                    stack = np.stack(buffers.pop(i))
-                    if output == "block":
-                        write_block(out_dir, names[i], stack)
-                    else:
-                        write_image_folder(out_dir, names[i], stack)
-            bar.update(len(batch))
-    summary = GenerationSummary((index, count), len(mine), len(mine) - len(pending), len(pending), len(work),
-                                time.perf_counter() - start_time)
-    log.info("shard %d/%d done: %d identities written, %d skipped, %d images in %.1f s (%.3f images/s) -> %s",
-             index, count, summary.written, summary.skipped, summary.images, summary.seconds,
-             summary.images_per_second, out_dir)
-    return summary
+    return generate_into(model, names, contexts, BlockWriter(out_dir, names, n_images, output, shard), n_images,
+                         settings, seed, batch_size)
 
 
 def samples_dir(cfg: DictConfig) -> Path:
@@ -334,10 +359,15 @@ def samples_dir(cfg: DictConfig) -> Path:
 
 
 def sample_from_config(cfg: DictConfig) -> GenerationSummary:
-    """``sample.py``: load the run and the contexts, then :func:`generate_dataset` for this shard."""
+    """``sample.py``: check the settings, load the run and the contexts, claim the output folder, then sample
+    this process's identities into blocks / files (:class:`BlockWriter`) or aligned shards (:class:`ShardStream`)."""
     s = cfg.sampling
     settings = SamplerSettings.from_config(s)
-    shard = resolve_task(s.shard_index, s.num_shards, "sampling")
+    task = resolve_task(s.shard_index, s.num_shards, "sampling")
+    if s.output not in SAMPLE_OUTPUTS + ALIGNED_OUTPUTS:
+        raise ValueError(f"sampling.output must be one of {SAMPLE_OUTPUTS + ALIGNED_OUTPUTS}, found {s.output!r}")
+    aligned = s.output in ALIGNED_OUTPUTS
+    align, shards = (AlignSettings.from_config(s.align), ShardSettings.from_config(s)) if aligned else (None, None)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -345,15 +375,22 @@ def sample_from_config(cfg: DictConfig) -> GenerationSummary:
     n_contexts = len(contexts) if s.n_contexts is None else int(s.n_contexts)
     if n_contexts > len(contexts):
         raise ValueError(f"{s.contexts_file} holds {len(contexts)} contexts, fewer than sampling.n_contexts={n_contexts}")
+    check_names(contexts.names[:n_contexts], f"identity name in {s.contexts_file}")
     model = load_trained_model(cfg.checkpoint.path, cfg.checkpoint.which, device, cfg.paths.vq_decoder)
     if contexts.dim != model.context_dim:
         raise ValueError(f"{s.contexts_file} holds {contexts.dim}-d contexts but the model in {cfg.checkpoint.path} "
                          f"expects {model.context_dim}-d ones (constants.context_dim / model.context_input_channels)")
     out_dir = samples_dir(cfg)
-    if shard[0] == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir.parent / f"{out_dir.name}.yaml")
-    return generate_dataset(
-        model, contexts.names[:n_contexts], contexts.embeddings[:n_contexts], out_dir, int(s.n_samples_per_context),
-        settings, seed=int(s.seed), batch_size=int(s.batch_size), output=s.output, shard=shard,
-    )
+    extra = {"align": asdict(align), "shards": shards.fingerprint()} if aligned else {}
+    claim_folder(out_dir, sampling_fingerprint(
+        model.checkpoint, s.contexts_file, n_contexts, s.seed, s.n_samples_per_context, settings, s.output,
+        None if model.decoder is None else cfg.paths.vq_decoder, extra))
+    if task[0] == 0:
+        write_text_atomic(out_dir.parent / f"{out_dir.name}.yaml", OmegaConf.to_yaml(cfg))
+    names, embeddings = contexts.names[:n_contexts], contexts.embeddings[:n_contexts]
+    n_images = int(s.n_samples_per_context)
+    if aligned:
+        sink = ShardStream(out_dir, names, task, shards, align, align.build_aligner(device))
+    else:
+        sink = BlockWriter(out_dir, names, n_images, s.output, task)
+    return generate_into(model, names, embeddings, sink, n_images, settings, int(s.seed), int(s.batch_size))

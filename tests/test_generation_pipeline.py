@@ -6,6 +6,7 @@ astronaut photo (scikit-image, public domain) checks the real alignment path.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from alignment.aligner import (
 )
 from alignment.blocks import align_from_config, align_identities
 from contexts.sources import contexts_from_config
+from dataset_building.export import export_dataset
+from diffusion.fingerprint import FINGERPRINT
 from diffusion.generation import sample_from_config
 from models.autoencoder.vqgan import VQDecoderInterface
 from utils.config import compose
@@ -74,12 +77,16 @@ def test_contexts_sample_align_split(tmp_path: Path, latent: bool) -> None:
 
     contexts_file, _ = contexts_from_config(compose("contexts_config", [
         f"paths.output_root={out}", "contexts.n=4", f"contexts.dim={CONTEXT_DIM}", "contexts.name=ids"]))
-    summary = sample_from_config(compose("sample_config", [
+    sampling = [
         f"paths.output_root={out}", f"paths.vq_decoder={decoder_file}", f"checkpoint.path={run}",
         f"sampling.contexts_file={contexts_file}", "sampling.n_contexts=3", "sampling.n_samples_per_context=6",
-        "sampling.sampler=ddim", "sampling.steps=4", "sampling.batch_size=8", "sampling.micro_batch=4", "device=cpu"]))
+        "sampling.sampler=ddim", "sampling.steps=4", "sampling.batch_size=8", "sampling.micro_batch=4", "device=cpu"]
+    summary = sample_from_config(compose("sample_config", sampling))
     samples = out / "samples" / "tiny-run" / "ids"
-    assert summary.written == 3 and sorted(p.name for p in samples.iterdir()) == [f"{i}.grid2x3.png" for i in range(3)]
+    assert summary.written == 3 and sorted(p.name for p in samples.iterdir()) == sorted(
+        [FINGERPRINT] + [f"{i}.grid2x3.png" for i in range(3)])
+    decoder_sha256 = json.loads((samples / FINGERPRINT).read_text())["vq_decoder_sha256"]
+    assert decoder_sha256 == (hashlib.sha256(decoder_file.read_bytes()).hexdigest() if latent else None)
     assert read_block(samples / "0.grid2x3.png").shape == (6, 32, 32, 3)
     assert (out / "samples" / "tiny-run" / "ids.yaml").is_file()
 
@@ -96,6 +103,21 @@ def test_contexts_sample_align_split(tmp_path: Path, latent: bool) -> None:
     assert split == {"identities": 2, "images": 10, "too_few": 0, "left_out": 1}
     assert sorted(p.name for p in dataset.iterdir()) == ["0", "1"]
     assert sorted(p.name for p in (dataset / "0").iterdir()) == [f"{k}.png" for k in range(5)]
+
+    # the same in one step: sample.py aligns in-process and writes the class folders export_dataset.py writes
+    streamed = sample_from_config(compose("sample_config", [*sampling, f"sampling.out_dir={out / 'streamed'}",
+                                                             "sampling.output=folders"]))
+    exported = export_dataset(compose("export_config", [
+        f"export.input={aligned}", f"export.output={out / 'exported'}", "export.format=folders"]))
+    assert streamed.export == exported and exported["num_images"] == 18
+    streamed_dir = out / "streamed" / "tiny-run" / "ids"
+    for identity in ("0", "1", "2"):
+        assert tree(streamed_dir / identity) == tree(out / "exported" / identity)
+    assert json.loads((streamed_dir / "alignment_report.json").read_text())["totals"] == report["totals"]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def astronaut_tiles(n: int) -> np.ndarray:

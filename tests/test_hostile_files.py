@@ -210,7 +210,7 @@ def test_sample_py_with_hostile_context_names_writes_nothing_outside(tmp_path: P
             "sampling.n_contexts=null", "sampling.n_samples_per_context=1", "sampling.sampler=ddim", "sampling.steps=1",
             "sampling.batch_size=1", "sampling.micro_batch=1", f"sampling.output={output}",
             f"sampling.out_dir={work / 'samples'}"])
-        with pytest.raises(UnsafeNameError, match=f"identity name for .* {re.escape(repr(name))}"):
+        with pytest.raises(UnsafeNameError, match=f"identity name in {re.escape(str(contexts))} {re.escape(repr(name))}"):
             sample_from_config(cfg)
     images = sorted(str(p) for p in tmp_path.rglob("*.png"))
     assert images == [], images
