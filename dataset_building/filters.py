@@ -31,8 +31,10 @@ run in this order and each records what it dropped and why (:mod:`dataset_buildi
    (``identity_selection=name``) or the N most consistent (``consistency``) are kept (``beyond_n``);
    fewer than N is an error. The paper cut 10,050 generated identities to 10,000 x 50.
 
-Memory: one chunk of identities in float64 at a time, plus per kept identity its centre (D float32),
-its kept image indices and its consistency: 300,000 x 512 centres are 600 MB.
+Arithmetic: rows in float32 (L2-normalised unless every row of the chunk already has a squared norm
+within 1e-6 of 1, as FR backends write them), sums and statistics in float64. Memory: one chunk of
+identities at a time, plus per kept identity its centre (D float32), its kept image indices and its
+consistency: 300,000 x 512 centres are 600 MB.
 """
 from __future__ import annotations
 
@@ -47,12 +49,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dataset_building.filter_report import FilterReport
 from embedding.identity_chunks import IdentityChunk, chunks_from_arrays, chunks_from_npz
 from embedding.similarity import greedy_separable
+from utils.config import resolve_device
 from utils.image_io import natural_key
 
 log = logging.getLogger(__name__)
@@ -116,12 +120,6 @@ class _Survivors:
     centres: list[np.ndarray]  # (I_chunk, D) float32 blocks of unit centres
 
 
-def _group_sums(values: np.ndarray, groups: np.ndarray, n_groups: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Row sums per group: (n, D) values, (n,) group ids -> (n_groups, D); rows weighted by ``weights`` (n,)."""
-    w = np.ones(len(groups)) if weights is None else weights
-    return scipy.sparse.csr_matrix((w, (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))) @ values
-
-
 def consistency_from_sums(s: np.ndarray, sq: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Mean pairwise cosine within each identity, (|s|^2 - sum |x_i|^2) / (n (n - 1)); NaN where n < 2.
 
@@ -137,18 +135,23 @@ def _screen_chunk(chunk: IdentityChunk, s: FilterSettings, survivors: _Survivors
                   dropped_identities: list[list[Any]], counts: Counter) -> None:
     """Filters 1-2 on one chunk of identities; appends what passes to ``survivors``, the rest to the lists."""
     n_per_id = np.asarray(chunk.counts, dtype=np.int64)  # (I,)
+    if (n_per_id < 1).any():
+        raise ValueError(f"identity {chunk.identities[int(np.argmin(n_per_id))]!r} has no images")
     n_ids, n = len(n_per_id), int(n_per_id.sum())
     seg = np.repeat(np.arange(n_ids), n_per_id)  # (n,) identity of each row
-    local = np.arange(n) - np.repeat(np.cumsum(n_per_id) - n_per_id, n_per_id)  # (n,) index within the identity
-    x = np.asarray(chunk.embeddings, dtype=np.float64)  # (n, D)
-    norms = np.linalg.norm(x, axis=1)
-    if (norms == 0).any():
-        r = int(np.flatnonzero(norms == 0)[0])
+    local = np.arange(n) - (np.cumsum(n_per_id) - n_per_id)[seg]  # (n,) index within the identity
+    x = np.asarray(chunk.embeddings, dtype=np.float32)  # (n, D)
+    sq = np.einsum("nd,nd->n", x, x)
+    if (sq == 0).any():
+        r = int(np.flatnonzero(sq == 0)[0])
         raise ValueError(f"identity {chunk.identities[seg[r]]!r}: image {chunk.images[r]!r} has an all-zero embedding")
-    x /= norms[:, None]
-    mu = _group_sums(x, seg, n_ids)  # (I, D)
-    mu /= np.maximum(np.linalg.norm(mu, axis=1, keepdims=True), 1e-12)
-    cos = np.einsum("nd,nd->n", x, mu[seg])  # (n,) c_i = <x_i, mu>
+    if np.abs(sq - 1).max() > 1e-6:  # FR backends write unit rows already
+        x = x / np.sqrt(sq)[:, None]
+        sq = np.einsum("nd,nd->n", x, x)
+    membership = scipy.sparse.csr_matrix((np.ones(n), (seg, np.arange(n))), shape=(n_ids, n))  # (I, n)
+    total = membership @ x.astype(np.float64)  # (I, D) sum of all images
+    mu = (total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    cos = np.einsum("nd,nd->n", x, mu[seg]).astype(np.float64)  # (n,) c_i = <x_i, mu>
     mean = np.bincount(seg, cos, n_ids) / n_per_id
     std = np.sqrt(np.bincount(seg, (cos - mean[seg]) ** 2, n_ids) / n_per_id)
     z = (cos - mean[seg]) / np.maximum(std[seg], STD_FLOOR)
@@ -167,10 +170,11 @@ def _screen_chunk(chunk: IdentityChunk, s: FilterSettings, survivors: _Survivors
         counts["beyond_k"] += int((rank >= s.images_per_identity).sum())
         chosen = np.sort(ranked[rank < s.images_per_identity])
     kept_n = np.bincount(seg[chosen], minlength=n_ids)
-    weight = np.zeros(n)
-    weight[chosen] = 1.0
-    kept_sum = _group_sums(x, seg, n_ids, weight)  # (I, D)
-    consistency = consistency_from_sums(kept_sum, np.bincount(seg, weight * (x * x).sum(axis=1), n_ids), kept_n)
+    left_out = np.setdiff1d(np.arange(n), chosen)
+    kept_sum = total.copy()  # (I, D) sum of the kept images: all minus the few left out
+    np.subtract.at(kept_sum, seg[left_out], x[left_out].astype(np.float64))
+    kept_sq = np.bincount(seg[chosen], sq[chosen].astype(np.float64), n_ids)
+    consistency = consistency_from_sums(kept_sum, kept_sq, kept_n)
     too_few = kept_n < s.min_kept_images
     low = ~too_few & (consistency < s.min_consistency) if s.min_consistency is not None else np.zeros(n_ids, bool)
     for i in np.flatnonzero(too_few | low):
@@ -192,6 +196,8 @@ def run_filters(
     settings: FilterSettings,
     source: dict[str, Any] | None = None,
     chunk_size: int = 2048,
+    screen: str = "float32",
+    device: str | torch.device = "cpu",
 ) -> FilterReport:
     """Apply filters 1-4 (module docstring) to a stream of identity chunks and return the report.
 
@@ -200,7 +206,8 @@ def run_filters(
             an identity must not appear in two chunks.
         settings: the filter settings (checked first).
         source: what the report records about the input (path, sizes); counted from the chunks when None.
-        chunk_size: identities per step of the separability filter.
+        chunk_size, screen, device: how the separability filter computes
+            (:func:`embedding.similarity.greedy_separable`; the result does not depend on them).
     Returns:
         :class:`dataset_building.filter_report.FilterReport`.
     """
@@ -228,7 +235,8 @@ def run_filters(
     if settings.max_centre_similarity is not None and names:
         order = by_consistency if settings.separability_order == "consistency" else by_name
         centres = np.concatenate(survivors.centres)
-        greedy = greedy_separable(centres, settings.max_centre_similarity, order, chunk_size=chunk_size)
+        greedy = greedy_separable(centres, settings.max_centre_similarity, order, chunk_size=chunk_size,
+                                  screen=screen, device=device)
         alive[greedy.dropped] = False
         counts["similar_centre"] = len(greedy.dropped)
         dropped_identities += [[names[i], "separability", "similar_centre", round(float(v), 6), names[j]]
@@ -288,7 +296,8 @@ def filter_from_config(cfg: DictConfig) -> Path:
     info, chunks = chunks_from_npz(c.embeddings, int(c.identities_per_chunk))
     n_chunks = math.ceil(info["n_identities"] / int(c.identities_per_chunk))
     report = run_filters(tqdm(chunks, total=n_chunks, desc="filtering", unit="chunk"), settings,
-                         {"embeddings": embeddings, **info}, chunk_size=int(c.chunk_size))
+                         {"embeddings": embeddings, **info}, chunk_size=int(c.chunk_size), screen=str(c.screen),
+                         device=resolve_device(cfg.device))
     report.save(path)
     log.info("wrote %s: %s", path, report.counts)
     return path
