@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--identities", type=int, default=None, help="keep exactly N identities (natural name order)")
     parser.add_argument("--images-per-identity", type=int, default=None, help="keep exactly K images per identity")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side of original blocks without a .grid tag")
+    parser.add_argument("--filter-report", default=None, help="JSON report of filter_identities.py: its kept images only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return split_identities(args.input_dir, args.output_dir, args.min_images, args.identities,
-                            args.images_per_identity, args.tile_size)
+                            args.images_per_identity, args.tile_size, args.filter_report)
 
 
 if __name__ == "__main__":

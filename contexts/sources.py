@@ -5,8 +5,8 @@
 * :func:`authentic`: the first or a random ``n`` of a real embedding file.
 * :func:`from_images`: embed a folder of face images with an FR model (two-stage contexts when the
   folder holds samples of an unconditional model).
-* :func:`separability_filter`: greedily keep contexts whose cosine to every kept one is below a
-  threshold, with chunked matrix products.
+* :func:`separability_filter` (from :mod:`embedding.similarity`, re-exported here): greedily keep
+  contexts whose cosine to every kept one is below a threshold, with chunked matrix products.
 
 The original's contexts file (``random_synthetic_uniform_15000.npy``) is, despite its suffix, a
 ``torch.save``d dict ``{str(i): float32 ndarray (D,)}``; :func:`save_original_contexts` writes that
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from embedding.backends import build_backend
 from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
+from embedding.similarity import separability_filter
 from utils.checkpoint import save_atomic
 from utils.image_io import IMAGE_SUFFIXES, natural_key, read_image
 
@@ -86,38 +87,6 @@ def normalize(embeddings: np.ndarray) -> np.ndarray:
     if (norms == 0).any():
         raise ValueError(f"{int((norms == 0).sum())} embeddings are all zeros and cannot be normalised")
     return embeddings / norms
-
-
-def separability_filter(embeddings: np.ndarray, threshold: float, chunk_size: int = 2048) -> np.ndarray:
-    """Greedy maximal set of rows whose pairwise cosine similarity is below ``threshold``.
-
-    Rows are visited in order; a row is kept when its cosine to every kept row is ``< threshold``.
-    The result is maximal: every dropped row has cosine ``>= threshold`` to some kept row. Work is
-    one (chunk, kept) matrix product per chunk plus a (chunk, chunk) product resolved in order.
-
-    Args:
-        embeddings: (N, D), L2-normalised rows.
-        threshold: cosine similarity bound in [-1, 1].
-        chunk_size: rows per matrix product.
-    Returns:
-        (K,) int64 indices of the kept rows, increasing.
-    """
-    x = torch.from_numpy(normalize(embeddings))
-    kept: list[int] = []
-    kept_x = x.new_zeros((0, x.shape[1]))
-    for start in range(0, len(x), chunk_size):
-        chunk = x[start : start + chunk_size]  # (C, D)
-        alive = (chunk @ kept_x.T < threshold).all(dim=1) if len(kept_x) else torch.ones(len(chunk), dtype=torch.bool)
-        candidates = alive.nonzero().flatten()
-        too_close = (chunk[candidates] @ chunk[candidates].T >= threshold).numpy()  # (c, c)
-        chosen: list[int] = []
-        for j in range(len(candidates)):
-            if not too_close[j, chosen].any():
-                chosen.append(j)
-        new = candidates[chosen]
-        kept.extend((new + start).tolist())
-        kept_x = torch.cat([kept_x, chunk[new]])
-    return np.asarray(kept, dtype=np.int64)
 
 
 def load_contexts(path: str | os.PathLike) -> EmbeddingSet:

@@ -2,9 +2,11 @@
 
 Blocks (``<id>.grid<r>x<c>.png``) or per-identity folders -> ``<out>/<identity>/<k>.png``, keeping
 identities with enough images and optionally exactly N identities x K images (the paper cut 10,050
-aligned identities to 10,000 x 50). Identities whose folder exists are skipped; every folder is
-written under a temporary name and renamed, and the temporaries a killed run left are removed on the
-rerun. Every identity name is checked (:func:`utils.names.check_names`) before anything is written.
+aligned identities to 10,000 x 50). With a filter report (``filter_identities.py``) only its kept
+identities and their kept images are used, then cut to N x K. Identities whose folder exists are
+skipped; every folder is written under a temporary name and renamed, and the temporaries a killed
+run left are removed on the rerun. Every identity name is checked (:func:`utils.names.check_names`)
+before anything is written.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dataset_building.filter_report import FilterReport
 from utils.atomic import remove_temporaries
 from utils.image_io import (
     BLOCK_PATTERN,
@@ -37,6 +40,19 @@ def count_images(source: Path, tile_size: int | None = None) -> int:
     return len(read_identity(source, tile_size))
 
 
+def report_selection(report_path: str | os.PathLike, sources: dict[str, Path], tile_size: int | None) -> dict[str, list[int]]:
+    """Kept image indices per kept identity of a filter report, checked against the identities found in the input."""
+    report = FilterReport.load(report_path)
+    for identity, entry in report.identities.items():
+        if identity not in sources:
+            raise ValueError(f"filter report {report_path} keeps identity {identity!r}, which is not in the input folder")
+        found = count_images(sources[identity], tile_size)
+        if found != entry["images"]:
+            raise ValueError(f"filter report {report_path}: identity {identity!r} has {found} images in the input folder "
+                             f"but {entry['images']} in the report (was the report made from these images?)")
+    return {identity: entry["kept"] for identity, entry in report.identities.items()}
+
+
 def split_identities(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -44,6 +60,7 @@ def split_identities(
     identities: int | None = None,
     images_per_identity: int | None = None,
     tile_size: int | None = None,
+    filter_report: str | os.PathLike | None = None,
 ) -> dict[str, int]:
     """Write ``<output_dir>/<identity>/<k>.png`` for every identity of ``input_dir`` that qualifies.
 
@@ -54,6 +71,8 @@ def split_identities(
         images_per_identity: keep exactly this many images per identity (the first K); identities with
             fewer are dropped.
         tile_size: tile side of original blocks without a ``.grid`` tag.
+        filter_report: a report of ``filter_identities.py``: only its kept identities (in its order) and
+            their kept images are used, before the cuts above.
     Returns:
         ``{"identities": kept, "images": kept images, "too_few": identities with too few images,
         "left_out": qualifying identities beyond ``identities``}``.
@@ -62,8 +81,12 @@ def split_identities(
         raise ValueError("--identities N needs --images-per-identity K (the paper: 10000 x 50)")
     sources = discover_identities(input_dir)
     check_names(sources, f"identity name in {input_dir}")
+    selection = report_selection(filter_report, sources, tile_size) if filter_report is not None else None
+    if selection is not None:
+        sources = {identity: sources[identity] for identity in selection}
     need = max(int(min_images), int(images_per_identity or 0))
-    counts = {identity: count_images(source, tile_size) for identity, source in sources.items()}
+    counts = {identity: len(selection[identity]) if selection is not None else count_images(source, tile_size)
+              for identity, source in sources.items()}
     eligible = [identity for identity in sources if counts[identity] >= need]
     too_few = len(sources) - len(eligible)
     if identities is not None:
@@ -80,7 +103,8 @@ def split_identities(
         kept = images_per_identity or counts[identity]
         images += kept
         if not (out_dir / identity).is_dir():
-            write_image_folder(out_dir, identity, read_identity(sources[identity], tile_size)[:kept])
+            faces = read_identity(sources[identity], tile_size)
+            write_image_folder(out_dir, identity, (faces if selection is None else faces[selection[identity]])[:kept])
     summary = {"identities": len(eligible), "images": images, "too_few": too_few,
                "left_out": len(sources) - too_few - len(eligible)}
     log.info("split %s -> %s: %s", input_dir, out_dir, summary)
