@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from utils.image_io import (
@@ -20,8 +21,17 @@ from utils.image_io import (
     read_identity,
     write_image_folder,
 )
+from utils.settings import Number, check_settings
 
 log = logging.getLogger(__name__)
+
+#: What ``split_identity_blocks.py`` checks before any work.
+SETTINGS = (
+    Number("split.min_images", low=1, high=10**6, integer=True),
+    Number("split.identities", low=1, high=10**8, integer=True, optional=True),
+    Number("split.images_per_identity", low=1, high=10**6, integer=True, optional=True),
+    Number("split.tile_size", low=1, high=65_536, integer=True, optional=True),
+)
 
 
 def count_images(source: Path, tile_size: int | None = None) -> int:
@@ -58,6 +68,8 @@ def split_identities(
     if identities is not None and images_per_identity is None:
         raise ValueError("--identities N needs --images-per-identity K (the paper: 10000 x 50)")
     sources = discover_identities(input_dir)
+    if not sources:
+        raise ValueError(f"split.input_dir={input_dir} holds no identity blocks, identity folders or images")
     need = max(int(min_images), int(images_per_identity or 0))
     counts = {identity: count_images(source, tile_size) for identity, source in sources.items()}
     eligible = [identity for identity in sources if counts[identity] >= need]
@@ -78,3 +90,11 @@ def split_identities(
                "left_out": len(sources) - too_few - len(eligible)}
     log.info("split %s -> %s: %s", input_dir, out_dir, summary)
     return summary
+
+
+def split_from_config(cfg: DictConfig) -> dict[str, int]:
+    """``split_identity_blocks.py``: check ``cfg.split`` and run :func:`split_identities`."""
+    check_settings(cfg, SETTINGS)
+    c = cfg.split
+    return split_identities(c.input_dir, c.output_dir, int(c.min_images), c.identities, c.images_per_identity,
+                            c.tile_size)
