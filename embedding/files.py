@@ -14,6 +14,7 @@ Formats, chosen by the file suffix:
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
                 names = [str(n) for n in data["names"]]
                 embeddings = np.asarray(data["embeddings"], dtype=np.float32)
                 labels = np.asarray(data["labels"], dtype=np.int64) if "labels" in data else None
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path} is not a readable .npz embedding file: {err}") from None
     elif path.suffix == ".npy" and not _is_torch_zip(path):
         try:

@@ -116,7 +116,10 @@ def override_value(value: str) -> str:
     """``value`` as a Hydra override value: plain when safe, else single-quoted (spaces, commas, brackets...)."""
     if re.fullmatch(r"[\w./:@+-]+", value):
         return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # In Hydra's quoted strings a backslash is literal, except in a run right before a quote (or the closing
+    # quote), which must be doubled; a quote is escaped by one backslash.
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"'{escaped}'"
 
 
 def legacy_arguments(
