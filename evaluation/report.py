@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: What ``evaluate.py`` checks before any work (thresholds are cosine similarities).
 SETTINGS = (
-    Number("evaluate.impostor_pairs", low=1, high=10**12, integer=True, optional=True),
+    Number("evaluate.impostor_pairs", low=1, high=10**9, integer=True, optional=True),  # 4 GB of float32 scores
     Number("evaluate.max_exhaustive", low=1, high=10**12, integer=True),
     Number("evaluate.seed", low=0, integer=True),
     Number("evaluate.thresholds.uniqueness", low=-1, high=1),

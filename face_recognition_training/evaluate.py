@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from omegaconf import DictConfig
+from torch import nn
 from tqdm import tqdm
 
 from evaluation.metrics import kfold_accuracy, tar_at_far
 from face_recognition_training.bin_reader import read_bin
 from models.iresnet import load_iresnet
 from utils.atomic import write_json_atomic, write_text_atomic
+from utils.cli import exit_bad_input
 from utils.config import resolve_device
 from utils.settings import Choice, Number, check_settings
 
@@ -169,6 +170,9 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     """``evaluate_fr.py``: load ``cfg.evaluate_fr.checkpoint`` (``cfg.fr.backbone``), score ``cfg.eval``, log/write the table."""
     check_settings(cfg, SETTINGS)
     e, bin_dir = cfg.evaluate_fr, cfg.eval.bin_dir
+    if not bin_dir:
+        raise ValueError(f"eval.bin_dir is {bin_dir!r}; set it to the folder of the .bin files "
+                         f"({', '.join(cfg.eval.benchmarks)})")
     device = resolve_device(cfg.device)
     arch = str(cfg.fr.backbone.name)
     backbone = load_iresnet(e.checkpoint, arch=arch, num_features=int(cfg.fr.backbone.net.num_features),
@@ -191,3 +195,8 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
         write_text_atomic(out.with_suffix(".md"), table + "\n")
         log.info("wrote %s and %s", out, out.with_suffix(".md"))
     return results
+
+
+if __name__ == "__main__":  # the command line moved to the top-level script (issue 13)
+    exit_bad_input(ValueError("face_recognition_training.evaluate is a library module: "
+                              "run `python evaluate_fr.py` with the same arguments"))

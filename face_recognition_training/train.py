@@ -50,6 +50,7 @@ from face_recognition_training.schedule import (
     step_scheduler,
 )
 from utils.checkpoint import CheckpointError, check_state_dict, save_atomic, torch_load
+from utils.cli import exit_bad_input
 from utils.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -288,3 +289,8 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
                      f", mean verification {mean_acc:.2f}%\n{format_table(results)}" if results else "")
         barrier(ctx)
     return record
+
+
+if __name__ == "__main__":  # the command line moved to the top-level script (issue 13)
+    exit_bad_input(ValueError("face_recognition_training.train is a library module: "
+                              "run `python train_fr.py` with the same arguments"))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embedding.files import save_embeddings
+from models.iresnet import iresnet18
 from utils.image_io import read_image, write_block
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -102,9 +104,6 @@ DEFAULT_CASES = {"main missing data", "main unknown key", "sample empty contexts
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT_CASES else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)])
 def test_bad_input_is_one_line_and_exit_2(case: str, files: dict[str, Path], tmp_path: Path) -> None:
-    import torch
-    from models.iresnet import iresnet18
-
     script, args, named = CASES[case]
     save_embeddings(tmp_path / "contexts.npz", ["a", "b"], np.eye(2, 8, dtype=np.float32))
     if "{checkpoint}" in " ".join(args):

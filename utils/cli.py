@@ -125,13 +125,13 @@ def override_value(value: str) -> str:
 def legacy_arguments(
     flags: Mapping[str, str],
     positional: Sequence[str] = (),
-    switches: Mapping[str, str] = (),
-    lists: Mapping[str, str] = (),
+    switches: Mapping[str, str] | None = None,
+    lists: Mapping[str, str] | None = None,
 ) -> Callable[[list[str]], list[str]]:
     """An ``aliases`` function for :func:`hydra_app` that keeps an argparse command line working.
 
     Args:
-        flags: ``--flag value`` -> ``key=value`` (a key ending in ``/`` is a config group: ``group=value``).
+        flags: ``--flag value`` -> ``key=value`` (``key`` may be a config group such as ``fr/backbone``).
         positional: keys for the leading words without ``=`` (e.g. ``input_dir output_dir``).
         switches: ``--flag`` -> ``key=true``.
         lists: ``--flag a b c`` -> ``key=[a,b,c]``.
@@ -140,9 +140,9 @@ def legacy_arguments(
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag, key in flags.items():
         parser.add_argument(flag, dest=key)
-    for flag, key in dict(switches).items():
+    for flag, key in (switches or {}).items():
         parser.add_argument(flag, dest=key, action="store_const", const="true")
-    for flag, key in dict(lists).items():
+    for flag, key in (lists or {}).items():
         parser.add_argument(flag, dest=key, nargs="+")
 
     def translate(argv: list[str]) -> list[str]:
@@ -156,7 +156,7 @@ def legacy_arguments(
             if isinstance(value, list):
                 overrides.append(f"{key}=[{','.join(override_value(v) for v in value)}]")
             elif value is not None:
-                overrides.append(f"{key.rstrip('/')}={override_value(value)}")
+                overrides.append(f"{key}={override_value(value)}")
         return overrides + rest
 
     return translate

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.diffusion.nn import (
-    BlockSettings,
     CONDITION_TYPES,
+    BlockSettings,
     Downsample,
     MiddleBlock,
     ResAttentionBlock,
