@@ -51,7 +51,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 CASES = {
     # script: (arguments with {placeholders} for the files fixture and tmp, strings the error line must contain)
-    "main missing data": ("main.py", ["paths.data_root={missing}"], ["{missing}/ffhq_128", "dataset.images_root"]),
+    "main missing data": ("main.py", ["paths.data_root={missing}"],
+                          ["{missing}/ffhq_128", "dataset.images_root", "extract_face_embeddings_from_dir.py"]),
     "main bad setting": ("main.py", ["training.steps=-5"], ["training.steps must be an integer", "found -5"]),
     "main unknown key": ("main.py", ["training.stepz=5"], ["Could not override 'training.stepz'"]),
     "main unknown option": ("main.py", ["model=unet_big"], ["model", "unet_big"]),
