@@ -62,3 +62,21 @@ def test_every_recorded_value_still_composes(composition: str) -> None:
         if key not in now or now[key] != expected:
             differ.append(f"{key}: before {value!r}, now {now.get(key, '<missing>')!r}")
     assert not differ, f"{composition}:\n" + "\n".join(differ)
+
+
+#: The argparse defaults of the two scripts that became Hydra apps (read from their code at b2db82f).
+OLD_ARGPARSE_DEFAULTS = {
+    "evaluate_fr_config": {"fr.backbone.name": "iresnet100", "fr.backbone.net.num_features": 512, "device": "auto",
+                           "eval.batch_size": 256, "evaluate_fr.amp": False, "evaluate_fr.output": None,
+                           "eval.benchmarks": ["lfw", "agedb_30", "calfw", "cfp_fp", "cplfw"]},
+    "split_config": {"split.min_images": 1, "split.identities": None, "split.images_per_identity": None,
+                     "split.tile_size": None},
+}
+
+
+@pytest.mark.parametrize("root", sorted(OLD_ARGPARSE_DEFAULTS))
+def test_former_argparse_defaults_are_the_config_defaults(root: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name=root), resolve=True)
+    now = dict(leaves(cfg))
+    assert {key: now[key] for key in OLD_ARGPARSE_DEFAULTS[root]} == OLD_ARGPARSE_DEFAULTS[root]
