@@ -4,6 +4,7 @@
 # The default command runs the CPU/GPU demo (python demo.py, report in outputs/demo/); pass any
 # script instead, e.g.
 #         docker run --gpus all ... idiff-face python main.py paths.data_root=/workspace/data
+#         docker run --gpus all ... idiff-face torchrun --standalone --nproc_per_node=8 train_fr.py data.root=...
 #         docker run idiff-face python -m pytest
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 

@@ -1,11 +1,11 @@
 """Create identity contexts for sample.py (see configs/contexts_config.yaml)."""
-import hydra
 from omegaconf import DictConfig
 
+from cli.app import hydra_app
 from contexts.sources import contexts_from_config
 
 
-@hydra.main(config_path="configs", config_name="contexts_config", version_base="1.3")
+@hydra_app("contexts_config")
 def main(cfg: DictConfig) -> None:
     """Write ``<out_dir>/<name>.npy`` (original format) and ``<name>.npz`` (ours)."""
     contexts_from_config(cfg)

@@ -3,13 +3,13 @@
 Writes ``outputs/demo/report.md`` and ``overview.png``; an interrupted run resumes where it stopped.
 Configuration: ``configs/demo_config.yaml``.
 """
-import hydra
 from omegaconf import DictConfig
 
+from cli.app import hydra_app
 from cpu_demo import run_demo
 
 
-@hydra.main(config_path="configs", config_name="demo_config", version_base="1.3")
+@hydra_app("demo_config")
 def main(cfg: DictConfig) -> None:
     """Run (or resume) every demo stage and write the report."""
     run_demo(cfg)

@@ -3,26 +3,16 @@
     python encode.py encode.input=outputs/datasets/<model>/<contexts> encode.output=outputs/embeddings/<name>.npz
     python encode.py fr_backend.name=dlib fr_backend.dlib.input=photo ...
 """
-from __future__ import annotations
-
-import logging
-
-import hydra
 from omegaconf import DictConfig
 
+from cli.app import hydra_app
 from embedding.encoding import encode
 
-log = logging.getLogger(__name__)
 
-
-@hydra.main(config_path="configs", config_name="encode_config", version_base="1.3")
+@hydra_app("encode_config")
 def main(cfg: DictConfig) -> None:
-    """Run :func:`encode`; bad input ends with one error line and exit status 1."""
-    try:
-        encode(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
+    """Run :func:`encode`."""
+    encode(cfg)
 
 
 if __name__ == "__main__":

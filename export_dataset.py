@@ -4,26 +4,16 @@
         export.format=rec|webdataset|folders
     # job arrays: export.shard_index=$SLURM_ARRAY_TASK_ID export.num_shards=N (the last task to finish merges)
 """
-from __future__ import annotations
-
-import logging
-
-import hydra
 from omegaconf import DictConfig
 
+from cli.app import hydra_app
 from dataset_building.export import export_dataset
 
-log = logging.getLogger(__name__)
 
-
-@hydra.main(config_path="configs", config_name="export_config", version_base="1.3")
+@hydra_app("export_config")
 def main(cfg: DictConfig) -> None:
-    """Run :func:`export_dataset`; bad input ends with one error line and exit status 1."""
-    try:
-        export_dataset(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        raise SystemExit(1) from None
+    """Run :func:`export_dataset`."""
+    export_dataset(cfg)
 
 
 if __name__ == "__main__":

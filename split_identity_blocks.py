@@ -1,29 +1,28 @@
-"""Split identity blocks (or per-identity folders) into <out>/<identity>/<k>.png class folders.
+"""Split identity blocks (or per-identity folders) into <out>/<identity>/<k>.png class folders (configs/split_config.yaml).
 
 Example (the paper's 10,000 x 50 from 10,050 aligned identities):
-    python split_identity_blocks.py outputs/samples/aligned/<model>/<contexts> outputs/datasets/<model>/<contexts> \
-        --identities 10000 --images-per-identity 50
+    python split_identity_blocks.py split.input_dir=outputs/samples/aligned/<model>/<contexts> \
+        split.output_dir=outputs/datasets/<model>/<contexts> split.identities=10000 split.images_per_identity=50
+The older command line still works: input and output folders first, then the flags
+    python split_identity_blocks.py <aligned> <dataset> --identities 10000 --images-per-identity 50 [--min-images N] [--tile-size S] [--filter-report R]
 """
-import argparse
-import logging
+from omegaconf import DictConfig
 
-from dataset_building.split import split_identities
+from cli.app import hydra_app, legacy_arguments
+from dataset_building.split import split_from_config
+
+OLD_COMMAND_LINE = legacy_arguments(
+    flags={"--min-images": "split.min_images", "--identities": "split.identities",
+           "--images-per-identity": "split.images_per_identity", "--tile-size": "split.tile_size",
+           "--filter-report": "split.filter_report"},
+    positional=("split.input_dir", "split.output_dir"),
+)
 
 
-def main(argv: list[str] | None = None) -> dict[str, int]:
-    """Parse the command line and run :func:`dataset_building.split.split_identities`."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input_dir", help="folder of <id>.grid<r>x<c>.png blocks, <id>/ image folders or images")
-    parser.add_argument("output_dir", help="where <identity>/<k>.png folders are written")
-    parser.add_argument("--min-images", type=int, default=1, help="drop identities with fewer images")
-    parser.add_argument("--identities", type=int, default=None, help="keep exactly N identities (natural name order)")
-    parser.add_argument("--images-per-identity", type=int, default=None, help="keep exactly K images per identity")
-    parser.add_argument("--tile-size", type=int, default=None, help="tile side of original blocks without a .grid tag")
-    parser.add_argument("--filter-report", default=None, help="JSON report of filter_identities.py: its kept images only")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return split_identities(args.input_dir, args.output_dir, args.min_images, args.identities,
-                            args.images_per_identity, args.tile_size, args.filter_report)
+@hydra_app("split_config", aliases=OLD_COMMAND_LINE)
+def main(cfg: DictConfig) -> None:
+    """Write the class folders of ``cfg.split.input_dir`` into ``cfg.split.output_dir``."""
+    split_from_config(cfg)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class FaceAligner:
             112x112 crops are 60-110 px wide, so the default 20 (facenet-pytorch's own) loses nothing.
         thresholds: P-Net, R-Net, O-Net score thresholds.
         factor: pyramid scale step.
-        batch_size: images of one size detected per MTCNN call.
+        batch_size: images of one size detected per MTCNN call (``align.batch_size``).
         pad: border added on every side before detection, as a fraction of the image's longer
             side, filled by repeating the edge pixels; boxes and landmarks are returned in the
             unpadded image's coordinates. MTCNN's landmarks drift when the face box crosses the
@@ -167,7 +167,7 @@ class FaceAligner:
         min_face_size: int = 20,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
-        batch_size: int = 32,
+        batch_size: int = 64,
         pad: float = 0.2,
     ) -> None:
         from facenet_pytorch import (

@@ -3,8 +3,9 @@
 :func:`align_identities` detects the central face of each tile with MTCNN, batched
   over tiles of several identities, and warp it onto the 112x112 ArcFace template. A tile without a
   face is resized (``just_resize_if_fail=True``, what the original meant to do) or dropped. A JSON
-  report counts detected / resized / dropped tiles per identity. Identities whose output already
-exists are skipped, and every identity is written atomically.
+  report counts detected / resized / dropped tiles per identity and lists the unreadable files,
+  which are skipped. Identities whose output already exists are skipped, and every identity is
+  written atomically.
 """
 from __future__ import annotations
 
@@ -24,14 +25,29 @@ from alignment.aligner import FaceAligner
 from utils.atomic import write_json_atomic
 from utils.image_io import (
     discover_identities,
+    folder_images,
     read_identity,
+    read_image,
     write_block,
     write_image_folder,
 )
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("block", "files")
+
+#: What ``align.py`` checks before any work.
+SETTINGS = (
+    Choice("align.just_resize_if_fail", (True, False)),
+    Number("align.size", low=16, high=4096, integer=True),
+    Number("align.tile_size", low=1, high=65_536, integer=True, optional=True),
+    Choice("align.output", OUTPUTS),
+    Number("align.batch_size", low=1, high=65_536, integer=True),
+    Number("align.min_face_size", low=1, high=4096, integer=True),
+    Number("align.thresholds", low=0, high=1, low_open=True, each=True),
+    Number("align.pad", low=0, high=1),
+)
 
 
 def _output_exists(out_dir: Path, identity: str, output: str) -> bool:
@@ -40,12 +56,28 @@ def _output_exists(out_dir: Path, identity: str, output: str) -> bool:
     return bool(glob.glob(os.path.join(glob.escape(str(out_dir)), f"{glob.escape(identity)}.grid*x*.png")))
 
 
-def _chunks(sources: dict[str, Path], tile_size: int | None, min_tiles: int) -> Iterator[list[tuple[str, np.ndarray]]]:
-    """Groups of (identity, tiles (N, H, W, 3)) with at least ``min_tiles`` tiles (the last may have fewer)."""
-    group: list[tuple[str, np.ndarray]] = []
+def _read_tiles(source: Path, tile_size: int | None) -> tuple[list[np.ndarray], list[str]]:
+    """The readable tiles (H, W, 3) of one identity and one line per unreadable file (a folder's other images are kept)."""
+    files = folder_images(source) if source.is_dir() else [source]
+    tiles: list[np.ndarray] = []
+    unreadable: list[str] = []
+    for path in files:
+        try:
+            tiles.extend(read_image(path)[None] if source.is_dir() else read_identity(path, tile_size))
+        except ValueError as err:  # read_image names the file and the reason
+            unreadable.append(str(err))
+    return tiles, unreadable
+
+
+Chunk = list[tuple[str, list[np.ndarray], list[str]]]
+
+
+def _chunks(sources: dict[str, Path], tile_size: int | None, min_tiles: int) -> Iterator[Chunk]:
+    """Groups of (identity, tiles, unreadable files) with at least ``min_tiles`` tiles (the last may have fewer)."""
+    group: Chunk = []
     for identity, source in sources.items():
-        group.append((identity, read_identity(source, tile_size)))
-        if sum(len(t) for _, t in group) >= min_tiles:
+        group.append((identity, *_read_tiles(source, tile_size)))
+        if sum(len(t) for _, t, _ in group) >= min_tiles:
             yield group
             group = []
     if group:
@@ -75,22 +107,35 @@ def align_identities(
         batch_size: tiles per MTCNN call, gathered across identities.
         report_path: JSON report (default ``<output_dir>/alignment_report.json``); merged on resume.
     Returns:
-        The report: ``{"identities": {id: {"detected", "resized", "dropped"}}, "totals": {...}, ...}``.
+        The report: ``{"identities": {id: {"detected", "resized", "dropped"}}, "unreadable": {id: [file: reason]},
+        "totals": {...}, ...}``.
+    Raises:
+        ValueError: ``input_dir`` holds no identity, or none of its images could be read.
     """
     if output not in OUTPUTS:
         raise ValueError(f"align.output must be one of {OUTPUTS}, found {output!r}")
     out_dir = Path(output_dir)
     report_path = Path(report_path) if report_path is not None else out_dir / "alignment_report.json"
     report: dict = json.loads(report_path.read_text()) if report_path.is_file() else {"identities": {}}
+    report.setdefault("unreadable", {})
     sources = discover_identities(input_dir)
+    if not sources:
+        raise ValueError(f"align.input_dir={input_dir} holds no identity blocks, identity folders or images")
     pending = {i: s for i, s in sources.items() if not (i in report["identities"] and _output_exists(out_dir, i, output))}
     log.info("aligning %d identities (%d already done) from %s", len(pending), len(sources) - len(pending), input_dir)
     with tqdm(total=len(pending), desc="aligning", unit="id") as bar:
         for group in _chunks(pending, tile_size, batch_size):
-            tiles = [t for _, block in group for t in block]
-            aligned = aligner.align(tiles, template=template, size=size)
+            tiles = [t for _, block, _ in group for t in block]
+            aligned = aligner.align(tiles, template=template, size=size) if tiles else []
             offset = 0
-            for identity, block in group:
+            for identity, block, unreadable in group:
+                report["unreadable"].pop(identity, None)
+                if unreadable:
+                    log.warning("skipping unreadable image(s) of %s: %s", identity, "; ".join(unreadable))
+                    report["unreadable"][identity] = unreadable
+                if not block:  # nothing readable: no output, retried by the next run
+                    bar.update(1)
+                    continue
                 counts = {"detected": 0, "resized": 0, "dropped": 0}
                 kept = []
                 for tile, crop in zip(block, aligned[offset : offset + len(block)]):
@@ -112,6 +157,9 @@ def align_identities(
             _write_report(report, report_path, just_resize_if_fail)
     report = _write_report(report, report_path, just_resize_if_fail)
     log.info("alignment done: %s -> %s (report %s)", report["totals"], out_dir, report_path)
+    if not report["identities"]:
+        raise ValueError(f"align.input_dir={input_dir}: no image could be read ({report['totals']['unreadable']} "
+                         f"unreadable files, listed in {report_path})")
     return report
 
 
@@ -119,6 +167,7 @@ def _write_report(report: dict, path: Path, just_resize_if_fail: bool) -> dict:
     keys = ("detected", "resized", "dropped")
     report["totals"] = {k: sum(c[k] for c in report["identities"].values()) for k in keys}
     report["totals"]["identities"] = len(report["identities"])
+    report["totals"]["unreadable"] = sum(len(files) for files in report["unreadable"].values())
     report["just_resize_if_fail"] = bool(just_resize_if_fail)
     write_json_atomic(path, report, indent=1)
     return report
@@ -126,6 +175,7 @@ def _write_report(report: dict, path: Path, just_resize_if_fail: bool) -> dict:
 
 def align_from_config(cfg: DictConfig) -> dict:
     """``align.py``: build the MTCNN aligner from ``cfg.align`` and run :func:`align_identities`."""
+    check_settings(cfg, SETTINGS)
     a = cfg.align
     aligner = FaceAligner(device=cfg.device, min_face_size=int(a.min_face_size), thresholds=list(a.thresholds),
                           batch_size=int(a.batch_size), pad=float(a.pad))

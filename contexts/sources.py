@@ -26,15 +26,27 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from embedding.backends import build_backend
+from embedding.encoding import backend_rules
 from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
 from embedding.similarity import separability_filter
 from utils.checkpoint import save_atomic
 from utils.image_io import IMAGE_SUFFIXES, natural_key, read_image
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
 #: ``images (N, H, W, 3) uint8 RGB -> (N, D)`` L2-normalised embeddings.
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+#: What ``create_sample_identity_contexts.py`` checks before any work.
+SETTINGS = (
+    Number("contexts.n", low=1, high=10**7, integer=True, optional=True),
+    Number("contexts.dim", low=1, high=8192, integer=True),
+    Number("contexts.seed", low=0, integer=True),
+    Choice("contexts.random", (True, False)),
+    Number("contexts.separability_threshold", low=-1, high=1, optional=True),
+    *backend_rules("contexts.fr_backend"),
+)
 
 
 def synthetic_uniform(n: int, dim: int = 512, seed: int = 0) -> EmbeddingSet:
@@ -90,11 +102,17 @@ def normalize(embeddings: np.ndarray) -> np.ndarray:
 
 
 def load_contexts(path: str | os.PathLike) -> EmbeddingSet:
-    """Read contexts from the original ``torch.save``d dict (any suffix) or any :mod:`embedding.files` format."""
+    """Read contexts from the original ``torch.save``d dict (any suffix) or any :mod:`embedding.files` format.
+
+    A missing file or one without any context raises one line naming it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"contexts file {path} does not exist; make one with create_sample_identity_contexts.py")
-    return load_embeddings(path)
+    contexts = load_embeddings(path)
+    if len(contexts) == 0:
+        raise ValueError(f"contexts file {path} holds no contexts; expected at least one identity embedding")
+    return contexts
 
 
 def save_original_contexts(path: str | os.PathLike, contexts: EmbeddingSet) -> Path:
@@ -104,6 +122,7 @@ def save_original_contexts(path: str | os.PathLike, contexts: EmbeddingSet) -> P
 
 def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
     """``create_sample_identity_contexts.py``: build, optionally filter, and write ``<name>.npy`` (original) + ``<name>.npz``."""
+    check_settings(cfg, SETTINGS)
     c = cfg.contexts
     n = None if c.n is None else int(c.n)
     if c.source == "synthetic_uniform":
@@ -117,6 +136,8 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
         if folder is None or not folder.is_dir():
             raise ValueError(f"contexts.source=from_images needs contexts.images_dir to be a folder of images, found {folder}")
         paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
+        if not paths:
+            raise ValueError(f"contexts.images_dir={folder} holds no images (expected {', '.join(IMAGE_SUFFIXES)} files)")
         backend = build_backend(c.fr_backend, device=cfg.device)
         contexts = from_images(paths[:n], backend.embed, backend.batch_size)
     else:

@@ -19,10 +19,29 @@ from cpu_demo.report import (
 )
 from cpu_demo.stages import OUTPUTS, STAGES, DemoRun
 from cpu_demo.state import STATE_FILE, StageState, fingerprint
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
 REPORT_FILES = ("report.md", "report.json", "overview.png", "figures")
+
+#: What ``demo.py`` checks before any work.
+SETTINGS = (
+    Choice("demo.fast", (True, False)),
+    Number("demo.seed", low=0, integer=True),
+    Number("demo.augmentation.copies_per_photo", low=1, high=10_000, integer=True),
+    Number("demo.augmentation.detect_pad", low=0, high=1),
+    Number("demo.augmentation.framing.size", low=16, high=4096, integer=True),
+    Number("demo.sampling.eta", low=0, high=1),
+    Number("demo.sampling.clip_x0", low=0, low_open=True, optional=True),
+    Number("demo.alignment.upscale_to", low=16, high=4096, integer=True),
+    Number("demo.alignment.min_face_size", low=1, high=4096, integer=True),
+    Number("demo.fr_threshold", low=-1, high=1),
+    *(Number(f"demo.profiles.{profile}.{key}", low=low, high=10**6, integer=True)
+      for profile in ("full", "fast")
+      for key, low in (("train_steps", 1), ("train_checkpoint_every", 1), ("train_log_every", 1),
+                       ("samples_per_identity", 2), ("ddim_steps", 1), ("sample_batch", 1))),
+)
 
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
@@ -82,6 +101,7 @@ def run_demo(cfg: DictConfig) -> Path:
     ``demo.fast`` picks the small profile; ``demo.until`` stops after the named stage.
     Returns ``report.md``, or the state file when ``demo.until`` stopped the run early.
     """
+    check_settings(cfg, SETTINGS)
     d = cfg.demo
     profile = d.profiles.fast if d.fast else d.profiles.full
     if d.until is not None and d.until not in STAGES:

@@ -30,10 +30,26 @@ from dataset_building.split import count_images
 from utils.distributed import resolve_task
 from utils.image_io import discover_identities, read_identity
 from utils.names import check_name
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "shards", "finalize")
+#: ``export_dataset.py``'s settings, checked at start-up.
+SETTINGS = (
+    Choice("export.format", ("rec", "webdataset", "folders")),
+    Choice("export.image_format", ("jpg", "png")),
+    Number("export.jpeg_quality", 1, 95, integer=True),
+    Number("export.image_size", 16, 4096, integer=True),
+    Number("export.identities_per_shard", 1, 1e7, integer=True),
+    Number("export.identities", 1, 1e8, integer=True, optional=True),
+    Number("export.images_per_identity", 1, 1e6, integer=True, optional=True),
+    Number("export.tile_size", 1, 4096, integer=True, optional=True),
+    Choice("export.stage", STAGES),
+    Number("export.rec.shuffle_seed", 0, 2**63 - 1, integer=True, optional=True),
+    Choice("export.rec.header", (True, False)),
+    Choice("export.rec.keep_shards", (True, False)),
+)
 EXPECTED_INPUT = "<identity>/<k>.png class folders or <identity>.grid<r>x<c>.png identity blocks"
 
 
@@ -72,9 +88,8 @@ def export_dataset(cfg: DictConfig) -> dict | None:
     Returns:
         The export summary once every shard file exists (``export_summary.json``), else None.
     """
+    check_settings(cfg, SETTINGS)
     e = cfg.export
-    if e.stage not in STAGES:
-        raise ValueError(f"export.stage must be one of {STAGES}, found {e.stage!r}")
     sources = discover_sources(e.input)
     names = select_identities(sources, e.identities, e.images_per_identity, e.tile_size)
     plan = ShardPlan(tuple(names), int(e.identities_per_shard), resolve_task(e.shard_index, e.num_shards, "export"))

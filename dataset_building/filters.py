@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dataset_building.filter_report import FilterReport
@@ -58,10 +58,28 @@ from embedding.identity_chunks import IdentityChunk, chunks_from_arrays, chunks_
 from embedding.similarity import greedy_separable
 from utils.config import resolve_device
 from utils.image_io import natural_key
+from utils.settings import Choice, Number, SettingError, check_settings
 
 log = logging.getLogger(__name__)
 
 STD_FLOOR = 1e-6  # the per-image z rule never drops images of an identity whose centre cosines vary less
+
+
+#: The filter's settings as start-up rules (``filter_identities.py`` and :meth:`FilterSettings.check`).
+SETTINGS = (
+    *(Number(f"filter.{key}", -1, 1, optional=True) for key in ("min_centre_cosine", "min_consistency",
+                                                                  "max_centre_similarity")),
+    Number("filter.max_z", 0, low_open=True, optional=True),
+    Number("filter.min_images", 1, integer=True),
+    Number("filter.identities", 1, 1e8, integer=True, optional=True),
+    Number("filter.images_per_identity", 1, 1e6, integer=True, optional=True),
+    Choice("filter.separability_order", ("consistency", "name")),
+    Choice("filter.identity_selection", ("name", "consistency")),
+    Choice("filter.image_selection", ("index", "centre")),
+    Number("filter.identities_per_chunk", 1, 1e7, integer=True),
+    Number("filter.chunk_size", 1, 1e6, integer=True),
+    Choice("filter.screen", ("float32", "bfloat16")),
+)
 
 
 @dataclass(frozen=True)
@@ -81,27 +99,10 @@ class FilterSettings:
 
     def check(self) -> None:
         """Raise one line naming the first bad setting (``filter.<name>``), what was expected and found."""
-        for key, low, high in (("min_centre_cosine", -1, 1), ("min_consistency", -1, 1),
-                               ("max_centre_similarity", -1, 1), ("max_z", 0, math.inf)):
-            value = getattr(self, key)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high or (key == "max_z" and value == 0):
-                bound = "> 0" if key == "max_z" else f"in [{low}, {high}]"
-                raise ValueError(f"filter.{key} must be a finite number {bound} or null, found {value!r}")
-        for key, optional in (("min_images", False), ("identities", True), ("images_per_identity", True)):
-            value = getattr(self, key)
-            if value is None and optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"filter.{key} must be an integer >= 1{' or null' if optional else ''}, found {value!r}")
-        for key, allowed in (("separability_order", ("consistency", "name")),
-                             ("identity_selection", ("name", "consistency")), ("image_selection", ("index", "centre"))):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"filter.{key} must be one of {list(allowed)}, found {getattr(self, key)!r}")
+        check_settings(OmegaConf.create({"filter": asdict(self)}), SETTINGS)
         if self.identities is not None and self.images_per_identity is None:
-            raise ValueError("filter.identities=N needs filter.images_per_identity=K (exactly N x K; the paper: 10000 x 50)")
+            raise SettingError("filter.identities=N needs filter.images_per_identity=K (exactly N x K; the paper: "
+                               "10000 x 50)")
 
     @property
     def min_kept_images(self) -> int:
@@ -282,6 +283,7 @@ def filter_from_config(cfg: DictConfig) -> Path:
     An existing report with the same settings and input is kept (nothing to do); one with other
     settings is an error (delete it or write elsewhere).
     """
+    check_settings(cfg, SETTINGS)
     c = cfg.filter
     settings = settings_from_config(c)
     settings.check()

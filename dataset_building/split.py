@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from dataset_building.filter_report import FilterReport
@@ -26,8 +27,17 @@ from utils.image_io import (
     write_image_folder,
 )
 from utils.names import check_names
+from utils.settings import Number, check_settings
 
 log = logging.getLogger(__name__)
+
+#: What ``split_identity_blocks.py`` checks before any work.
+SETTINGS = (
+    Number("split.min_images", low=1, high=10**6, integer=True),
+    Number("split.identities", low=1, high=10**8, integer=True, optional=True),
+    Number("split.images_per_identity", low=1, high=10**6, integer=True, optional=True),
+    Number("split.tile_size", low=1, high=65_536, integer=True, optional=True),
+)
 
 
 def count_images(source: Path, tile_size: int | None = None) -> int:
@@ -80,6 +90,8 @@ def split_identities(
     if identities is not None and images_per_identity is None:
         raise ValueError("--identities N needs --images-per-identity K (the paper: 10000 x 50)")
     sources = discover_identities(input_dir)
+    if not sources:
+        raise ValueError(f"split.input_dir={input_dir} holds no identity blocks, identity folders or images")
     check_names(sources, f"identity name in {input_dir}")
     selection = report_selection(filter_report, sources, tile_size) if filter_report is not None else None
     if selection is not None:
@@ -109,3 +121,11 @@ def split_identities(
                "left_out": len(sources) - too_few - len(eligible)}
     log.info("split %s -> %s: %s", input_dir, out_dir, summary)
     return summary
+
+
+def split_from_config(cfg: DictConfig) -> dict[str, int]:
+    """``split_identity_blocks.py``: check ``cfg.split`` and run :func:`split_identities`."""
+    check_settings(cfg, SETTINGS)
+    c = cfg.split
+    return split_identities(c.input_dir, c.output_dir, int(c.min_images), c.identities, c.images_per_identity,
+                            c.tile_size, c.filter_report)

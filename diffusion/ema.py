@@ -7,33 +7,50 @@ The decay used by the update that follows ``n`` earlier updates is
     decay = clip(1 - (1 + k / inv_gamma) ** -power, min_value, max_value)   otherwise
 
 (IDiff-Face: inv_gamma 1, power 3/4, min 0, max 0.9999; 0.999 is reached after about 10K
-updates). Unlike the original, whose decay buffer was never written and which therefore copied
-the live weights at every step (see the reference NOTES, "EMA bug"), the decay is applied.
+updates; :class:`EMASchedule` holds these defaults, equal to ``training.ema`` of
+``configs/train_config.yaml``). Unlike the original, whose decay buffer was never written and
+which therefore copied the live weights at every step (see the reference NOTES, "EMA bug"), the
+decay is applied.
 Buffers (the DDPM schedule, norm statistics) are copied, not averaged.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 
-def ema_decay(
-    n_updates: int,
-    inv_gamma: float = 1.0,
-    power: float = 0.75,
-    min_value: float = 0.0,
-    max_value: float = 0.9999,
-    update_after_step: int = 0,
-) -> float:
-    """Decay of the update that follows ``n_updates`` earlier ones (formula in the module docstring)."""
-    k = max(0, n_updates - update_after_step - 1)
-    if k == 0:
-        return 0.0
-    value = 1.0 - (1.0 + k / inv_gamma) ** -power
-    return max(min_value, min(value, max_value))
+@dataclass(frozen=True)
+class EMASchedule:
+    """The warm-up decay schedule (formula in the module docstring); defaults are IDiff-Face's."""
+
+    inv_gamma: float = 1.0
+    power: float = 0.75
+    min_value: float = 0.0
+    max_value: float = 0.9999
+    update_after_step: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.inv_gamma > 0:
+            raise ValueError(f"EMA: inv_gamma must be > 0, found {self.inv_gamma}")
+        if not 0.0 <= self.min_value <= self.max_value <= 1.0:
+            raise ValueError(f"EMA: need 0 <= min_value <= max_value <= 1, found {self.min_value}, {self.max_value}")
+
+    def decay(self, n_updates: int) -> float:
+        """Decay of the update that follows ``n_updates`` earlier ones."""
+        k = max(0, n_updates - self.update_after_step - 1)
+        if k == 0:
+            return 0.0
+        value = 1.0 - (1.0 + k / self.inv_gamma) ** -self.power
+        return max(self.min_value, min(value, self.max_value))
+
+
+def ema_decay(n_updates: int, **schedule: Any) -> float:
+    """Decay of the update that follows ``n_updates`` earlier ones; ``schedule``: :class:`EMASchedule` fields."""
+    return EMASchedule(**schedule).decay(n_updates)
 
 
 class EMAModel:
@@ -41,34 +58,19 @@ class EMAModel:
 
     Args:
         model: the trained module (unwrapped, not the DDP wrapper).
-        inv_gamma, power, min_value, max_value, update_after_step: decay schedule (:func:`ema_decay`).
+        schedule: :class:`EMASchedule` fields (``inv_gamma``, ``power``, ``min_value``, ``max_value``,
+            ``update_after_step``), as ``training.ema`` passes them.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        inv_gamma: float = 1.0,
-        power: float = 0.75,
-        min_value: float = 0.0,
-        max_value: float = 0.9999,
-        update_after_step: int = 0,
-    ) -> None:
-        if inv_gamma <= 0:
-            raise ValueError(f"EMAModel: inv_gamma must be > 0, found {inv_gamma}")
-        if not 0.0 <= min_value <= max_value <= 1.0:
-            raise ValueError(f"EMAModel: need 0 <= min_value <= max_value <= 1, found {min_value}, {max_value}")
+    def __init__(self, model: nn.Module, **schedule: Any) -> None:
+        self.schedule = EMASchedule(**schedule)
         self.averaged_model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.inv_gamma = inv_gamma
-        self.power = power
-        self.min_value = min_value
-        self.max_value = max_value
-        self.update_after_step = update_after_step
         self.optimization_step = 0
         self.decay = 0.0
 
     def get_decay(self, n_updates: int) -> float:
         """Decay of the update that follows ``n_updates`` earlier ones."""
-        return ema_decay(n_updates, self.inv_gamma, self.power, self.min_value, self.max_value, self.update_after_step)
+        return self.schedule.decay(n_updates)
 
     @torch.no_grad()
     def step(self, model: nn.Module) -> float:

@@ -1,8 +1,6 @@
 """The sampling settings of ``sample.py`` in one validated object, built from the ``sampling`` config in one place."""
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -11,21 +9,9 @@ from torch import nn
 
 from diffusion.guidance import NegativeSettings
 from diffusion.samplers import SAMPLERS, TIMESTEP_SPACINGS, Sampler
+from utils.settings import is_finite, is_int, require
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _check(ok: bool, key: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"sampling.{key} must be {expected}, found {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -55,26 +41,26 @@ class SamplerSettings:
     amp: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}", self.sampler)
-        _check(self.steps is None or (_is_int(self.steps) and self.steps >= 1), "steps", "null or an integer >= 1",
+        require(self.sampler in SAMPLERS, "sampling.sampler", f"one of {SAMPLERS}", self.sampler)
+        require(self.steps is None or (is_int(self.steps) and self.steps >= 1), "sampling.steps", "null or an integer >= 1",
                self.steps)
-        _check(self.timestep_spacing in TIMESTEP_SPACINGS, "timestep_spacing", f"one of {TIMESTEP_SPACINGS}",
+        require(self.timestep_spacing in TIMESTEP_SPACINGS, "sampling.timestep_spacing", f"one of {TIMESTEP_SPACINGS}",
                self.timestep_spacing)
         values = self.timesteps
-        _check(values is None or (isinstance(values, tuple) and len(values) > 0
-                                  and all(_is_int(v) and v >= 0 for v in values)
+        require(values is None or (isinstance(values, tuple) and len(values) > 0
+                                  and all(is_int(v) and v >= 0 for v in values)
                                   and all(b < a for a, b in zip(values, values[1:]))),
-               "timesteps", "null or a strictly decreasing list of integers >= 0", values)
-        _check(values is None or self.steps in (None, len(values)), "steps",
+               "sampling.timesteps", "null or a strictly decreasing list of integers >= 0", values)
+        require(values is None or self.steps in (None, len(values)), "sampling.steps",
                f"null or {len(values or ())} (the length of sampling.timesteps)", self.steps)
-        _check(_is_finite(self.eta) and self.eta >= 0, "eta", "a finite number >= 0", self.eta)
-        _check(self.eta == 0 or self.sampler == "ddim", "eta", "0 unless sampling.sampler=ddim", self.eta)
-        _check(self.clip_x0 is None or (_is_finite(self.clip_x0) and self.clip_x0 > 0), "clip_x0",
+        require(is_finite(self.eta) and self.eta >= 0, "sampling.eta", "a finite number >= 0", self.eta)
+        require(self.eta == 0 or self.sampler == "ddim", "sampling.eta", "0 unless sampling.sampler=ddim", self.eta)
+        require(self.clip_x0 is None or (is_finite(self.clip_x0) and self.clip_x0 > 0), "sampling.clip_x0",
                "null or a finite number > 0", self.clip_x0)
-        _check(_is_finite(self.guidance_scale), "guidance_scale", "a finite number", self.guidance_scale)
-        _check(_is_int(self.micro_batch) and self.micro_batch >= 1, "micro_batch", "an integer >= 1",
+        require(is_finite(self.guidance_scale), "sampling.guidance_scale", "a finite number", self.guidance_scale)
+        require(is_int(self.micro_batch) and self.micro_batch >= 1, "sampling.micro_batch", "an integer >= 1",
                self.micro_batch)
-        _check(self.amp is None or self.amp in AMP_DTYPES, "amp", f"null or one of {tuple(AMP_DTYPES)}", self.amp)
+        require(self.amp is None or self.amp in AMP_DTYPES, "sampling.amp", f"null or one of {tuple(AMP_DTYPES)}", self.amp)
         if self.sampler == "ddpm" and (self.steps, self.timesteps, self.timestep_spacing) != (None, None, "linspace"):
             raise ValueError("sampling.sampler=ddpm visits all T timesteps: leave sampling.steps and "
                              "sampling.timesteps null and sampling.timestep_spacing linspace, "

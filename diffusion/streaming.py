@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,25 +41,13 @@ from dataset_building.merge import finalize, missing_shards
 from dataset_building.shards import FORMATS, IMAGE_FORMATS, ShardPlan, ShardSetWriter, shard_name
 from utils.atomic import remove_temporaries, write_json_atomic
 from utils.image_io import block_name, natural_key, write_block, write_image_folder
+from utils.settings import is_finite, is_int, require
 
 log = logging.getLogger(__name__)
 
 SAMPLE_OUTPUTS = ("block", "files")
 ALIGNED_OUTPUTS = FORMATS  # rec, webdataset, folders
 ALIGNMENT_REPORT = "alignment_report.json"
-
-
-def _check(ok: bool, key: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"sampling.{key} must be {expected}, found {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -80,17 +67,17 @@ class AlignSettings:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.template in TEMPLATES, "align.template", f"one of {sorted(TEMPLATES)}", self.template)
-        _check(_is_int(self.size) and 16 <= self.size <= 4096, "align.size", "an integer in [16, 4096]", self.size)
-        _check(_is_int(self.min_face_size) and self.min_face_size >= 1, "align.min_face_size", "an integer >= 1",
+        require(self.template in TEMPLATES, "sampling.align.template", f"one of {sorted(TEMPLATES)}", self.template)
+        require(is_int(self.size) and 16 <= self.size <= 4096, "sampling.align.size", "an integer in [16, 4096]", self.size)
+        require(is_int(self.min_face_size) and self.min_face_size >= 1, "sampling.align.min_face_size", "an integer >= 1",
                self.min_face_size)
-        _check(isinstance(self.thresholds, tuple) and len(self.thresholds) == 3
-               and all(_is_number(t) and 0 < t <= 1 for t in self.thresholds),
-               "align.thresholds", "3 scores in (0, 1] (P-Net, R-Net, O-Net)", self.thresholds)
-        _check(_is_number(self.pad) and 0 <= self.pad <= 1, "align.pad", "a fraction in [0, 1]", self.pad)
-        _check(isinstance(self.just_resize_if_fail, bool), "align.just_resize_if_fail", "true or false",
+        require(isinstance(self.thresholds, tuple) and len(self.thresholds) == 3
+               and all(is_finite(t) and 0 < t <= 1 for t in self.thresholds),
+               "sampling.align.thresholds", "3 scores in (0, 1] (P-Net, R-Net, O-Net)", self.thresholds)
+        require(is_finite(self.pad) and 0 <= self.pad <= 1, "sampling.align.pad", "a fraction in [0, 1]", self.pad)
+        require(isinstance(self.just_resize_if_fail, bool), "sampling.align.just_resize_if_fail", "true or false",
                self.just_resize_if_fail)
-        _check(_is_int(self.batch_size) and self.batch_size >= 1, "align.batch_size", "an integer >= 1",
+        require(is_int(self.batch_size) and self.batch_size >= 1, "sampling.align.batch_size", "an integer >= 1",
                self.batch_size)
 
     @classmethod
@@ -119,17 +106,17 @@ class ShardSettings:
     keep_shards: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.format in FORMATS, "output", f"one of {SAMPLE_OUTPUTS + FORMATS}", self.format)
-        _check(_is_int(self.identities_per_shard) and self.identities_per_shard >= 1, "shards.identities_per_shard",
+        require(self.format in FORMATS, "sampling.output", f"one of {SAMPLE_OUTPUTS + FORMATS}", self.format)
+        require(is_int(self.identities_per_shard) and self.identities_per_shard >= 1, "sampling.shards.identities_per_shard",
                "an integer >= 1", self.identities_per_shard)
-        _check(self.image_format in IMAGE_FORMATS, "shards.image_format", f"one of {tuple(IMAGE_FORMATS)}",
+        require(self.image_format in IMAGE_FORMATS, "sampling.shards.image_format", f"one of {tuple(IMAGE_FORMATS)}",
                self.image_format)
-        _check(_is_int(self.jpeg_quality) and 1 <= self.jpeg_quality <= 95, "shards.jpeg_quality",
+        require(is_int(self.jpeg_quality) and 1 <= self.jpeg_quality <= 95, "sampling.shards.jpeg_quality",
                "an integer in [1, 95]", self.jpeg_quality)
-        _check(self.shuffle_seed is None or _is_int(self.shuffle_seed), "shards.rec.shuffle_seed",
+        require(self.shuffle_seed is None or is_int(self.shuffle_seed), "sampling.shards.rec.shuffle_seed",
                "null or an integer", self.shuffle_seed)
-        _check(isinstance(self.header, bool), "shards.rec.header", "true or false", self.header)
-        _check(isinstance(self.keep_shards, bool), "shards.rec.keep_shards", "true or false", self.keep_shards)
+        require(isinstance(self.header, bool), "sampling.shards.rec.header", "true or false", self.header)
+        require(isinstance(self.keep_shards, bool), "sampling.shards.rec.keep_shards", "true or false", self.keep_shards)
 
     @classmethod
     def from_config(cls, sampling: DictConfig) -> ShardSettings:
@@ -179,7 +166,7 @@ class BlockWriter:
 
     def __init__(self, out_dir: str | os.PathLike, names: Sequence[str], n_images: int, output: str = "block",
                  task: tuple[int, int] = (0, 1)) -> None:
-        _check(output in SAMPLE_OUTPUTS, "output", f"one of {SAMPLE_OUTPUTS} (aligned outputs {FORMATS} are written "
+        require(output in SAMPLE_OUTPUTS, "sampling.output", f"one of {SAMPLE_OUTPUTS} (aligned outputs {FORMATS} are written "
                "by ShardStream)", output)
         self.out_dir, self.output, self.task = Path(out_dir), output, task
         index, count = task
@@ -290,8 +277,9 @@ class ShardStream:
                                      "was the shard written by another program?")
                 identities[name] = piece[name]
         totals = {k: sum(c[k] for c in identities.values()) for k in ("detected", "resized", "dropped")}
-        return {"identities": identities, "totals": {**totals, "identities": len(identities)},
-                "just_resize_if_fail": self.align.just_resize_if_fail}
+        # align.py's layout; sampling reads no image files, so none is unreadable
+        return {"identities": identities, "totals": {**totals, "identities": len(identities), "unreadable": 0},
+                "unreadable": {}, "just_resize_if_fail": self.align.just_resize_if_fail}
 
     def close(self) -> None:
         """Drop a partly written shard file (finished ones stay)."""

@@ -33,12 +33,12 @@ from torch import nn
 
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 from diffusion.ema import EMAModel
+from diffusion.safe_config import UnsafeConfigError, build_allowed
 from models.diffusion.unet import ConditionalUNet
 from utils.atomic import PENDING_DIR, finish_files_together
 from utils.checkpoint import CheckpointError, load_checkpoint, save_together, torch_load
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.rng import capture_rng_state, restore_rng_state
-from utils.safe_config import UnsafeConfigError, build_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def build_diffusion_model(train_cfg: Any, config_file: str | os.PathLike) -> Den
     """The DDPM described by the ``diffusion`` key of a run folder's config, built from :data:`DIFFUSION_TARGETS` only.
 
     A run folder may come from anywhere: nothing but those classes, with plain arguments, is called
-    (see :mod:`utils.safe_config`); anything else raises :class:`utils.safe_config.UnsafeConfigError`.
+    (see :mod:`diffusion.safe_config`); anything else raises :class:`diffusion.safe_config.UnsafeConfigError`.
     """
     if "diffusion" not in train_cfg:
         raise UnsafeConfigError(f"{config_file}: no 'diffusion' key; expected the training config of a run folder")

@@ -60,10 +60,44 @@ from utils.distributed import (
 )
 from utils.metrics_log import MetricsLog
 from utils.rng import seed_everything
+from utils.settings import Choice, Number, check_settings
 
 logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+STEPS = 10**9  # upper bound of step counts: far above any run, below what a typo like 1e12 asks for
+
+#: What ``train`` checks before any work (issue 12: no run may start on a setting it cannot honour).
+SETTINGS = (
+    Choice("latent_diffusion", (True, False)),
+    Number("constants.seed", low=0, integer=True),
+    Number("constants.image_size", low=8, high=4096, integer=True),
+    Number("constants.input_channels", low=1, high=64, integer=True),
+    Number("constants.context_dim", low=1, high=8192, integer=True),
+    Number("diffusion.T", low=1, high=100_000, integer=True),
+    Number("model.context_dropout_probability", low=0, high=1),
+    Choice("training.precision", (16, 32)),
+    Choice("training.amp_dtype", tuple(AMP_DTYPES)),
+    Number("training.batch_size", low=1, high=65_536, integer=True),
+    Number("training.num_workers", low=0, high=256, integer=True),
+    Number("training.steps", low=1, high=STEPS, integer=True),
+    Number("training.steps_between_sampling", low=1, high=STEPS, integer=True),
+    Number("training.steps_between_eval", low=1, high=STEPS, integer=True),
+    Number("training.steps_between_logging", low=1, high=STEPS, integer=True),
+    Number("training.steps_of_checkpoints", low=1, high=STEPS, integer=True, each=True),
+    Number("training.context_dropout", low=0, high=1),
+    Number("training.flip_probability", low=0, high=1),
+    Number("training.grad_clip", low=0, low_open=True, optional=True),
+    Number("training.ema.inv_gamma", low=0, low_open=True),
+    Number("training.ema.power", low=0, low_open=True),
+    Number("training.ema.min_value", low=0, high=1),
+    Number("training.ema.max_value", low=0, high=1),
+    Number("training.optimizer.lr", low=0, low_open=True),
+    Number("training.latent_cache.batch_size", low=1, high=65_536, integer=True),
+    Number("training.sampling.steps", low=1, high=100_000, integer=True),
+    Number("training.sampling.n_per_row", low=1, high=64, integer=True),
+    Number("training.sampling.clip_x0", low=0, low_open=True, optional=True),
+)
 
 
 class TrainingError(RuntimeError):
@@ -144,7 +178,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
         DatasetError: data missing or inconsistent (message says which path and how to fill it).
         CheckpointError: VQ weights or the checkpoint to restore are missing or do not fit.
         TrainingError: the loss became NaN/inf (after saving a checkpoint) or the config is inconsistent.
+        SettingError: a setting is out of range (:data:`SETTINGS`).
     """
+    check_settings(cfg, SETTINGS)
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, _resolve_run_dir(run_dir, ctx))

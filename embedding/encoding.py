@@ -44,8 +44,36 @@ from utils.image_io import (
     read_identity,
 )
 from utils.names import check_names
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
+
+
+def backend_rules(key: str) -> tuple[Number, ...]:
+    """Start-up checks of an ``fr_backend`` section at ``key`` (``fr_backend``, ``contexts.fr_backend``)."""
+    return (
+        Number(f"{key}.batch_size", low=1, high=65_536, integer=True),
+        Number(f"{key}.iresnet.num_features", low=1, high=8192, integer=True),
+        Number(f"{key}.dlib.min_face_size", low=1, high=4096, integer=True),
+    )
+
+
+#: What ``extract_face_embeddings_from_dir.py`` checks before any work.
+EXTRACT_SETTINGS = (
+    *backend_rules("fr_backend"),
+    Number("batch_size", low=1, high=65_536, integer=True),
+    Number("num_workers", low=0, high=256, integer=True),
+    Choice("flip", (True, False)),
+    Choice("on_unreadable", ("skip", "stop")),
+)
+#: What ``encode.py`` checks before any work.
+ENCODE_SETTINGS = (
+    *backend_rules("fr_backend"),
+    Number("encode.tile_size", low=1, high=65_536, integer=True, optional=True),
+    Choice("encode.flip", (True, False)),
+    Number("encode.identities_per_shard", low=1, high=10**7, integer=True),
+    Choice("encode.keep_shards", (True, False)),
+)
 
 
 class ImageFolder(Dataset):
@@ -81,8 +109,7 @@ def list_images(input_dir: Path, extensions: Sequence[str]) -> list[Path]:
 
 def extract_embeddings(cfg: DictConfig) -> Path:
     """Embed ``cfg.input_dir`` with ``cfg.fr_backend`` and write ``cfg.output_file``; returns its path."""
-    if cfg.on_unreadable not in ("skip", "stop"):
-        raise ValueError(f"on_unreadable must be 'skip' or 'stop', found {cfg.on_unreadable!r}")
+    check_settings(cfg, EXTRACT_SETTINGS)
     paths = list_images(Path(cfg.input_dir), cfg.extensions)
     backend = build_backend(cfg.fr_backend, device=cfg.device)
     loader = DataLoader(ImageFolder(paths), batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
@@ -251,6 +278,7 @@ def encode_dataset(
 
 def encode(cfg: DictConfig) -> Path:
     """``encode.py``: build the backend ``cfg.fr_backend.name`` on ``cfg.device`` and run :func:`encode_dataset`."""
+    check_settings(cfg, ENCODE_SETTINGS)
     e = cfg.encode
     settings = backend_settings(cfg.fr_backend)
     backend = build_backend(settings, device=cfg.device)

@@ -14,6 +14,7 @@ Formats, chosen by the file suffix:
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, EOFError, ValueError) as err:  # ValueError: an object array (pickle), refused
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # ValueError: an object array (pickle)
             raise ValueError(f"{path} is not a readable .npz embedding file: {err}") from None
         if "embeddings" not in arrays or "names" not in arrays:
             raise ValueError(f"{path}: expected arrays 'names' and 'embeddings', found {sorted(arrays)}")

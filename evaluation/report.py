@@ -34,8 +34,21 @@ from evaluation.metrics import (
     kfold_accuracy,
 )
 from evaluation.summary import score_summary, write_report
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
+
+#: What ``evaluate.py`` checks before any work (thresholds are cosine similarities).
+SETTINGS = (
+    Number("evaluate.impostor_pairs", low=1, high=10**9, integer=True, optional=True),  # 4 GB of float32 scores
+    Number("evaluate.max_exhaustive", low=1, high=10**12, integer=True),
+    Number("evaluate.seed", low=0, integer=True),
+    Number("evaluate.thresholds.uniqueness", low=-1, high=1),
+    Number("evaluate.thresholds.consistency", low=-1, high=1),
+    Number("evaluate.thresholds.leakage", low=-1, high=1),
+)
+#: What ``evaluate_lfw.py`` checks before any work.
+LFW_SETTINGS = (Choice("evaluate_lfw.on_missing", ("error", "skip")),)
 
 
 def _identity_names(synthetic: EmbeddingSet, n_identities: int) -> list[str]:
@@ -51,7 +64,7 @@ def evaluate_sets(
     out_dir: str | os.PathLike,
     real: EmbeddingSet | None = None,
     *,
-    impostor_pairs: int | None = 1_000_000,
+    impostor_pairs: int | None = 10_000_000,
     max_exhaustive: int = 50_000_000,
     seed: int = 0,
     uniqueness_threshold: float = 0.3,
@@ -127,6 +140,7 @@ def evaluate_sets(
 
 def evaluate(cfg: DictConfig) -> dict:
     """``evaluate.py``: load ``cfg.evaluate.synthetic`` (and ``real``) and run :func:`evaluate_sets`."""
+    check_settings(cfg, SETTINGS)
     e = cfg.evaluate
     synthetic = load_embeddings(e.synthetic)
     real = load_embeddings(e.real) if e.real else None
@@ -261,6 +275,7 @@ def evaluate_lfw_set(
 
 def evaluate_lfw(cfg: DictConfig) -> dict:
     """``evaluate_lfw.py``: load the configured sets and run :func:`evaluate_lfw_set`."""
+    check_settings(cfg, LFW_SETTINGS)
     e = cfg.evaluate_lfw
     reference = load_embeddings(e.reference) if e.reference else None
     return evaluate_lfw_set(

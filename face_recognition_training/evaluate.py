@@ -1,19 +1,18 @@
 """Score a face-recognition backbone on insightface verification ``.bin`` files (the paper's table).
 
 Library part (also used by training): flip-sum embeddings, per-benchmark 10-fold accuracy and
-TAR@FAR=1e-3, the table. Command line::
+TAR@FAR=1e-3, the table. :func:`evaluate_from_config` is ``evaluate_fr.py``
+(``configs/evaluate_fr_config.yaml``)::
 
-    python -m face_recognition_training.evaluate --checkpoint outputs/fr/.../backbone.pth \
-        --bin-dir data/fr_benchmarks --arch iresnet50 [--device auto] [--output results.json]
+    python evaluate_fr.py evaluate_fr.checkpoint=outputs/fr/.../backbone.pth fr/backbone=iresnet50 \
+        eval.bin_dir=data/fr_benchmarks [device=cpu] [evaluate_fr.output=results.json]
 
-It scores every benchmark of ``BENCHMARKS`` whose ``<name>.bin`` is in ``--bin-dir`` and logs
-the table (LFW, AgeDB-30, CALFW, CFP-FP, CPLFW, average); ``--output`` also writes the numbers
-as JSON and the table as Markdown beside it.
+It scores every benchmark of ``eval.benchmarks`` whose ``<name>.bin`` is in ``eval.bin_dir`` and logs
+the table (LFW, AgeDB-30, CALFW, CFP-FP, CPLFW, average); ``evaluate_fr.output`` also writes the
+numbers as JSON and the table as Markdown beside it.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
 from evaluation.metrics import kfold_accuracy, tar_at_far
 from face_recognition_training.bin_reader import read_bin
-from models.iresnet import ARCHITECTURES, load_iresnet
+from models.iresnet import load_iresnet
+from utils.atomic import write_json_atomic, write_text_atomic
 from utils.config import resolve_device
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,15 @@ BENCHMARKS: dict[str, str] = {
     "cfp_fp": "CFP-FP",
     "cplfw": "CPLFW",
 }
+
+#: Start-up checks of the ``eval`` section (``configs/fr/eval/default.yaml``), shared with FR training.
+EVAL_SETTINGS = (Number("eval.batch_size", low=1, high=65_536, integer=True),)
+#: What ``evaluate_fr.py`` checks before any work.
+SETTINGS = (
+    *EVAL_SETTINGS,
+    Number("fr.backbone.net.num_features", low=1, high=8192, integer=True),
+    Choice("evaluate_fr.amp", (True, False)),
+)
 
 
 @dataclass
@@ -154,42 +165,37 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
-    """Command-line entry: load a backbone state dict, score the ``.bin`` files, log/write the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="backbone state dict (ours: backbone.pth; ElasticFace .pth)")
-    parser.add_argument("--bin-dir", required=True, help="folder with lfw.bin, agedb_30.bin, calfw.bin, cfp_fp.bin, cplfw.bin")
-    parser.add_argument("--arch", default="iresnet100", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--num-features", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--amp", action="store_true", help="autocast the backbone")
-    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), help="file stems to score")
-    parser.add_argument("--output", help="write the numbers here as JSON (and the table as .md beside it)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    device = resolve_device(args.device)
-    backbone = load_iresnet(args.checkpoint, arch=args.arch, num_features=args.num_features, map_location=device)
+def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
+    """``evaluate_fr.py``: load ``cfg.evaluate_fr.checkpoint`` (``cfg.fr.backbone``), score ``cfg.eval``, log/write the table."""
+    check_settings(cfg, SETTINGS)
+    e, bin_dir = cfg.evaluate_fr, cfg.eval.bin_dir
+    if not bin_dir:
+        raise ValueError(f"eval.bin_dir is {bin_dir!r}; set it to the folder of the .bin files "
+                         f"({', '.join(cfg.eval.benchmarks)})")
+    device = resolve_device(cfg.device)
+    arch = str(cfg.fr.backbone.name)
+    backbone = load_iresnet(e.checkpoint, arch=arch, num_features=int(cfg.fr.backbone.net.num_features),
+                            map_location=device)
     results = {}
-    for name in args.benchmarks:  # one set in memory at a time: a decoded .bin is ~0.45 GB
-        for vset in load_verification_sets(args.bin_dir, [name]):
-            results.update(evaluate_backbone(backbone, [vset], device, args.batch_size, args.amp, progress=True))
+    for name in cfg.eval.benchmarks:  # one set in memory at a time: a decoded .bin is ~0.45 GB
+        for vset in load_verification_sets(bin_dir, [name]):
+            results.update(evaluate_backbone(backbone, [vset], device, int(cfg.eval.batch_size), bool(e.amp),
+                                             progress=True))
             log.info("%s: %.2f ± %.2f", name, results[name]["accuracy_mean"], results[name]["accuracy_std"])
     if not results:
-        raise FileNotFoundError(f"none of {', '.join(n + '.bin' for n in args.benchmarks)} is in {args.bin_dir}")
+        raise FileNotFoundError(f"none of {', '.join(n + '.bin' for n in cfg.eval.benchmarks)} is in eval.bin_dir={bin_dir}")
     table = format_table(results)
-    log.info("%s\n%s", args.checkpoint, table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"checkpoint": str(args.checkpoint), "arch": args.arch, "results": results,
+    log.info("%s\n%s", e.checkpoint, table)
+    if e.output:
+        out = Path(e.output)
+        summary = {"checkpoint": str(e.checkpoint), "arch": arch, "results": results,
                    "average_accuracy": mean_accuracy(results)}
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table + "\n")
+        write_json_atomic(out, summary)
+        write_text_atomic(out.with_suffix(".md"), table + "\n")
         log.info("wrote %s and %s", out, out.with_suffix(".md"))
     return results
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line moved to the top-level script (issue 13)
+    raise SystemExit("face_recognition_training.evaluate is a library module: run `python evaluate_fr.py` with the same "
+                     "arguments")

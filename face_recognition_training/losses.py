@@ -99,11 +99,22 @@ class ArcFace(MarginHead):
 
 
 class _ElasticMargins:
-    """Mixin: margins drawn per sample from ``N(m, std)`` in training mode, the mean ``m`` in eval mode."""
+    """Mixin: margins drawn per sample from ``N(m, std)`` in training mode, the mean ``m`` in eval mode.
 
-    std: float
+    ``std`` (0.05 in ElasticFace) comes first; ``s`` and ``m`` go on to the head (their defaults are the head's).
+    """
+
     m: float
     training: bool
+
+    def __init__(self, embedding_size: int, num_classes: int, std: float = 0.05, **s_and_m: float) -> None:
+        super().__init__(embedding_size, num_classes, **s_and_m)  # type: ignore[call-arg]
+        if std < 0:
+            raise ValueError(f"{type(self).__name__}: std must be >= 0, found {std}")
+        self.std = float(std)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, std={self.std}"  # type: ignore[misc]
 
     def margins(self, batch_size: int, device: torch.device) -> torch.Tensor:
         if not self.training or self.std == 0.0:
@@ -114,24 +125,6 @@ class _ElasticMargins:
 class ElasticCosFace(_ElasticMargins, CosFace):
     """ElasticFace-Cos (Boutros et al. 2022): CosFace with a per-sample margin ``m_i ~ N(m, std)``."""
 
-    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.35, std: float = 0.05) -> None:
-        super().__init__(embedding_size, num_classes, s=s, m=m)
-        if std < 0:
-            raise ValueError(f"ElasticCosFace: std must be >= 0, found {std}")
-        self.std = float(std)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, std={self.std}"
-
 
 class ElasticArcFace(_ElasticMargins, ArcFace):
     """ElasticFace-Arc (Boutros et al. 2022): ArcFace with a per-sample margin ``m_i ~ N(m, std)``."""
-
-    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, std: float = 0.05) -> None:
-        super().__init__(embedding_size, num_classes, s=s, m=m)
-        if std < 0:
-            raise ValueError(f"ElasticArcFace: std must be >= 0, found {std}")
-        self.std = float(std)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, std={self.std}"

@@ -1,9 +1,9 @@
 """Train a face-recognition backbone (iResNet + margin head) on a class-folder dataset.
 
-``train(cfg)`` does the work; ``main`` is the thin Hydra entry::
+``train(cfg)`` does the work; ``train_fr.py`` is the thin Hydra entry::
 
-    python -m face_recognition_training.train data.root=<class folders> [fr/head=arcface ...]
-    torchrun --standalone --nproc_per_node=8 -m face_recognition_training.train data.root=...
+    python train_fr.py data.root=<class folders> [fr/head=arcface ...]
+    torchrun --standalone --nproc_per_node=8 train_fr.py data.root=...
 
 Per epoch: one pass over the data (AMP optional, gradient norms clipped), verification on the
 ``.bin`` benchmarks (rank 0, flip-sum embeddings), the LR schedule step, then rank 0 appends a line
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from face_recognition_training.dataset import EpochLoader
 from face_recognition_training.evaluate import (
+    EVAL_SETTINGS,
     evaluate_backbone,
     format_table,
     load_verification_sets,
@@ -42,6 +42,7 @@ from face_recognition_training.evaluate import (
 )
 from face_recognition_training.run_log import plot_metrics
 from face_recognition_training.schedule import (
+    SCHEDULES,
     EarlyStopping,
     build_scheduler,
     step_scheduler,
@@ -59,6 +60,7 @@ from utils.distributed import (
 )
 from utils.metrics_log import MetricsLog
 from utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,35 @@ BACKBONE = "backbone.pth"
 BEST_BACKBONE = "backbone_best.pth"
 METRICS_PLOT = "metrics.png"
 REFERENCE_BATCH = 512  # lr = base_lr * global_batch / REFERENCE_BATCH
+
+#: What ``train`` checks before any work.
+SETTINGS = (
+    Number("data.width", low=0, high=10**8, integer=True),
+    Number("data.depth", low=0, high=10**6, integer=True),
+    Number("data.random_erasing", low=0, high=1),
+    Number("data.image_size", low=16, high=4096, integer=True),
+    Number("data.num_workers", low=0, high=256, integer=True),
+    Number("optimizer.momentum", low=0, high=1),
+    Number("optimizer.weight_decay", low=0),
+    Number("train.seed", low=0, integer=True),
+    Number("train.batch_size", low=1, high=65_536, integer=True),
+    Number("train.base_lr", low=0, low_open=True),
+    Number("train.grad_clip", low=0),
+    Choice("train.amp", ("auto", True, False)),
+    Choice("train.resume", (True, False)),
+    Number("fr.backbone.net.num_features", low=1, high=8192, integer=True),
+    Number("fr.backbone.net.dropout", low=0, high=1),
+    Number("fr.head.loss.s", low=0, low_open=True),
+    Number("fr.head.loss.m", low=0, high=math.pi),
+    Number("fr.head.loss.std", low=0),
+    Choice("fr.schedule.name", SCHEDULES),
+    Number("fr.schedule.max_epochs", low=1, high=100_000, integer=True),
+    Number("fr.schedule.factor", low=0, high=1, low_open=True),
+    Number("fr.schedule.patience", low=0, integer=True),
+    Number("fr.schedule.early_stop_patience", low=0, integer=True),
+    Number("fr.schedule.milestones", low=0, integer=True, each=True),
+    *EVAL_SETTINGS,
+)
 
 
 class FRModel(nn.Module):
@@ -159,6 +190,7 @@ def _resume(path: Path, fr_model: FRModel, optimizer: torch.optim.Optimizer, sch
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) FR training as configured by ``fr_train_config``; returns the last epoch's record."""
+    check_settings(cfg, SETTINGS)
     ctx = init_distributed(cfg.train.device)
     out_dir = Path(cfg.train.output_dir)
     file_log = None
@@ -264,11 +296,6 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
     return record
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="fr_train_config")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: ``python -m face_recognition_training.train [overrides]``."""
-    train(cfg)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command line moved to the top-level script (issue 13)
+    raise SystemExit("face_recognition_training.train is a library module: run `python train_fr.py` with the same "
+                     "arguments")

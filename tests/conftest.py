@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the reference facts in ``../shared/reference``, one-thread torch."""
+"""Shared pytest fixtures: the reference facts in ``../shared/reference``, one-thread torch, shrunk real configs."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,9 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from omegaconf import DictConfig
+
+from utils.config import CONFIG_DIR, compose
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
@@ -110,3 +113,46 @@ def kill_switch(monkeypatch: pytest.MonkeyPatch) -> Callable[..., KillSwitch]:
         return KillSwitch(Path(watch), Path(root), Path(snapshot), kill_at).install(monkeypatch)
 
     return arm
+
+
+#: Every root config (``configs/<name>.yaml``, one per script).
+ROOT_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*_config.yaml"))
+
+#: Per root: overrides that shrink the real config to a CPU job of seconds (as lightning-hydra-template's
+#: conftest does): tiny models and sizes, no worker processes, no progress bars.
+SHRINK: dict[str, list[str]] = {
+    "train_config": [
+        "experiment=pixel_small", "device=cpu", "constants.image_size=8", "constants.context_dim=32",
+        "model.initial_channels=16", "model.channel_multipliers=[1,1]", "model.is_attention=[false,true]",
+        "model.attention_head_channels=8", "model.context_channels=32", "model.norm_groups=4", "diffusion.T=10",
+        "training.batch_size=4", "training.num_workers=0", "training.steps=2", "training.steps_between_logging=1",
+        "training.steps_between_eval=2", "training.steps_between_sampling=2", "training.steps_of_checkpoints=[]",
+        "training.sampling.steps=2", "training.sampling.n_per_row=2",
+    ],
+    "fr_train_config": [
+        "train.device=cpu", "fr/backbone=iresnet18", "fr/schedule=step", "fr.schedule.max_epochs=1",
+        "data.width=0", "data.depth=0", "data.num_workers=0", "train.batch_size=4", "train.progress=false",
+        "eval.bin_dir=null",
+    ],
+    "evaluate_fr_config": ["device=cpu", "fr/backbone=iresnet18", "eval.batch_size=8"],
+    "sample_config": [
+        "device=cpu", "sampling.n_contexts=2", "sampling.n_samples_per_context=2", "sampling.sampler=ddim",
+        "sampling.steps=2", "sampling.batch_size=4", "sampling.micro_batch=4",
+    ],
+    "contexts_config": ["device=cpu", "contexts.n=4", "contexts.dim=8"],
+    "align_config": ["device=cpu", "align.batch_size=4"],
+    "encode_config": ["device=cpu", "fr_backend.batch_size=4", "encode.identities_per_shard=2"],
+    "extract_embeddings_config": ["device=cpu", "batch_size=4", "num_workers=0"],
+    "demo_config": ["device=cpu", "demo.fast=true"],
+}
+
+
+@pytest.fixture
+def shrunk_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make(root, *overrides)``: the real ``configs/<root>.yaml``, shrunk (:data:`SHRINK`), every path under tmp_path."""
+
+    def make(root: str, *overrides: str) -> DictConfig:
+        paths = [f"paths.{key}_root={tmp_path / key}" for key in ("data", "weights", "output")]
+        return compose(root, [*paths, *SHRINK.get(root, []), *overrides])
+
+    return make

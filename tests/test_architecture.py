@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion": {"utils", "models", "alignment", "embedding", "contexts", "dataset_building"},
     "face_recognition_training": {"utils", "models", "evaluation", "dataset_building"},
 }
-APPLICATIONS = {"cpu_demo"}  # may import every package below; nothing imports them
+APPLICATIONS = {"cpu_demo", "cli"}  # may import every package below; no package imports them
 PACKAGES = set(ALLOWED) | APPLICATIONS
 
 

@@ -224,8 +224,8 @@ def test_evaluate_cli_prints_one_error_line(tmp_path: Path) -> None:
         timeout=300,
     )
     output = (result.stdout + result.stderr).strip().splitlines()
-    assert result.returncode == 1, output
-    assert len(output) == 1 and output[0].startswith("embeddings of different dimensions:"), output
+    assert result.returncode == 2, output
+    assert len(output) == 1 and output[0].startswith("error: embeddings of different dimensions:"), output
     assert "syn.npz has 16-d embeddings" in output[0] and "real.npz has 8-d" in output[0]
 
 

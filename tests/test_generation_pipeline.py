@@ -17,7 +17,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import split_identity_blocks
 from alignment.aligner import (
     ARCFACE_TEMPLATE,
     FaceAligner,
@@ -27,6 +26,7 @@ from alignment.aligner import (
 from alignment.blocks import align_from_config, align_identities
 from contexts.sources import contexts_from_config
 from dataset_building.export import export_dataset
+from dataset_building.split import split_from_config, split_identities
 from diffusion.fingerprint import FINGERPRINT
 from diffusion.generation import sample_from_config
 from models.autoencoder.vqgan import VQDecoderInterface
@@ -99,7 +99,8 @@ def test_contexts_sample_align_split(tmp_path: Path, latent: bool) -> None:
     assert all(read_block(p).shape[1:] == (112, 112, 3) for p in aligned.glob("*.png"))
 
     dataset = out / "dataset"
-    split = split_identity_blocks.main([str(aligned), str(dataset), "--identities", "2", "--images-per-identity", "5"])
+    split = split_from_config(compose("split_config", [
+        f"split.input_dir={aligned}", f"split.output_dir={dataset}", "split.identities=2", "split.images_per_identity=5"]))
     assert split == {"identities": 2, "images": 10, "too_few": 0, "left_out": 1}
     assert sorted(p.name for p in dataset.iterdir()) == ["0", "1"]
     assert sorted(p.name for p in (dataset / "0").iterdir()) == [f"{k}.png" for k in range(5)]
@@ -159,21 +160,40 @@ def test_align_real_photo_and_no_face_tile(tmp_path: Path, aligner: FaceAligner,
         assert np.linalg.norm(redetected.landmarks - warped, axis=1).max() < 3.0
 
 
-def test_align_unreadable_block_is_one_clear_line(tmp_path: Path, aligner: FaceAligner) -> None:
-    (tmp_path / "in").mkdir()
+def test_align_skips_and_reports_unreadable_images(tmp_path: Path, aligner: FaceAligner) -> None:
+    write_block(tmp_path / "in", "good", astronaut_tiles(2))
     (tmp_path / "in" / "5.grid1x2.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"5\.grid1x2\.png is not a readable image") as err:
+    folder = tmp_path / "in" / "mixed"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.png"), astronaut_tiles(1)[0][:, :, ::-1])
+    (folder / "1.png").write_bytes(b"\x89PNG truncated")
+    report = align_identities(tmp_path / "in", tmp_path / "out", aligner, output="files")
+
+    assert set(report["identities"]) == {"good", "mixed"}  # the unreadable block has no output and no counts
+    assert report["identities"]["mixed"] == {"detected": 1, "resized": 0, "dropped": 0}
+    assert sorted(report["unreadable"]) == ["5", "mixed"]
+    assert "5.grid1x2.png is not a readable image" in report["unreadable"]["5"][0]
+    assert "1.png is not a readable image" in report["unreadable"]["mixed"][0]
+    assert report["totals"]["unreadable"] == 2
+    assert json.loads((tmp_path / "out" / "alignment_report.json").read_text()) == report
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["alignment_report.json", "good", "mixed"]
+
+
+def test_align_with_nothing_readable_says_so(tmp_path: Path, aligner: FaceAligner) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="holds no identity blocks, identity folders or images"):
         align_identities(tmp_path / "in", tmp_path / "out", aligner)
-    assert "\n" not in str(err.value)
+    (tmp_path / "in" / "5.grid1x2.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"no image could be read \(1 unreadable files"):
+        align_identities(tmp_path / "in", tmp_path / "out", aligner)
 
 
 def test_split_min_images_and_too_few_identities(tmp_path: Path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     write_block(tmp_path / "in", "a", images)
     write_block(tmp_path / "in", "b", images[:2])
-    summary = split_identity_blocks.main([str(tmp_path / "in"), str(tmp_path / "out"), "--min-images", "3"])
+    summary = split_identities(tmp_path / "in", tmp_path / "out", min_images=3)
     assert summary == {"identities": 1, "images": 5, "too_few": 1, "left_out": 0}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
     with pytest.raises(ValueError, match="only 1 of 2 identities have >= 3 images, fewer than --identities 2"):
-        split_identity_blocks.main([str(tmp_path / "in"), str(tmp_path / "o2"), "--identities", "2",
-                                    "--images-per-identity", "3"])
+        split_identities(tmp_path / "in", tmp_path / "o2", identities=2, images_per_identity=3)

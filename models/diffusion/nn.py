@@ -8,6 +8,7 @@ products and the attention itself runs in ``F.scaled_dot_product_attention``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,27 @@ from torch import nn
 
 #: ``condition_type`` values that ``ResidualBlock`` implements.
 CONDITION_TYPES = ("CA", "AdaGN")
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What every residual and attention block of one ``ConditionalUNet`` shares.
+
+    ``condition_type``: ``"CA"`` (the context enters by cross-attention) or ``"AdaGN"`` (added to
+    the time embedding); ``attention_heads <= 0`` derives the heads from ``attention_head_channels``.
+    """
+
+    time_channels: int
+    context_channels: int
+    condition_type: str = "CA"
+    is_context_conditional: bool = False
+    attention_heads: int = 4
+    attention_head_channels: int = 32
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.condition_type not in CONDITION_TYPES:
+            raise ValueError(f"condition_type must be one of {CONDITION_TYPES}, found {self.condition_type!r}")
 
 
 def zero_init_(module: nn.Module) -> nn.Module:
@@ -92,29 +114,17 @@ class ResidualBlock(nn.Module):
     context to the time embedding; with ``"CA"`` the context enters only through cross-attention.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        time_channels: int,
-        context_channels: int,
-        condition_type: str = "CA",
-        is_context_conditional: bool = False,
-        n_groups: int = 32,
-        p_dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, settings: BlockSettings, p_dropout: float = 0.0) -> None:
         super().__init__()
-        if condition_type not in CONDITION_TYPES:
-            raise ValueError(f"condition_type must be one of {CONDITION_TYPES}, found {condition_type!r}")
-        self.uses_context = is_context_conditional and condition_type == "AdaGN"
-        self.norm1 = nn.GroupNorm(n_groups, in_channels)
+        self.uses_context = settings.is_context_conditional and settings.condition_type == "AdaGN"
+        self.norm1 = nn.GroupNorm(settings.norm_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.time_emb = nn.Sequential(nn.SiLU(), nn.Linear(time_channels, out_channels))
+        self.time_emb = nn.Sequential(nn.SiLU(), nn.Linear(settings.time_channels, out_channels))
         if self.uses_context:
-            self.context_emb = nn.Sequential(nn.SiLU(), nn.Linear(context_channels, out_channels))
+            self.context_emb = nn.Sequential(nn.SiLU(), nn.Linear(settings.context_channels, out_channels))
         self.scale_emb = nn.Linear(out_channels, out_channels)
         self.shift_emb = nn.Linear(out_channels, out_channels)
-        self.norm2 = AdaptiveGroupNormalization(n_groups, out_channels)
+        self.norm2 = AdaptiveGroupNormalization(settings.norm_groups, out_channels)
         self.dropout = nn.Dropout(p=p_dropout)
         self.conv2 = zero_init_(nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1))
         if in_channels != out_channels:
@@ -233,32 +243,10 @@ class SpatialSelfAttentionBlock(nn.Module):
 class ResAttentionBlock(nn.Module):
     """One UNet stage block: ``ResidualBlock`` (``res``) optionally followed by attention (``attn``)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        time_channels: int,
-        context_channels: int,
-        condition_type: str,
-        is_context_conditional: bool,
-        has_attention: bool,
-        attention_heads: int,
-        attention_head_channels: int,
-        norm_groups: int = 32,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, settings: BlockSettings, has_attention: bool) -> None:
         super().__init__()
-        self.res = ResidualBlock(
-            in_channels, out_channels, time_channels, context_channels, condition_type, is_context_conditional,
-            n_groups=norm_groups,
-        )
-        self.attn = (
-            attention_block(
-                out_channels, context_channels, condition_type, is_context_conditional,
-                attention_heads, attention_head_channels, norm_groups,
-            )
-            if has_attention
-            else None
-        )
+        self.res = ResidualBlock(in_channels, out_channels, settings)
+        self.attn = attention_block(out_channels, settings) if has_attention else None
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """``x: (B, C_in, H, W)`` -> ``(B, C_out, H, W)``."""
@@ -269,69 +257,48 @@ class ResAttentionBlock(nn.Module):
 class MiddleBlock(nn.Module):
     """Bottleneck: ``res1``, ``attn``, ``res2`` at constant width."""
 
-    def __init__(
-        self,
-        n_channels: int,
-        time_channels: int,
-        context_channels: int,
-        condition_type: str,
-        is_context_conditional: bool,
-        attention_heads: int,
-        attention_head_channels: int,
-        norm_groups: int = 32,
-    ) -> None:
+    def __init__(self, n_channels: int, settings: BlockSettings) -> None:
         super().__init__()
-        args = (n_channels, n_channels, time_channels, context_channels, condition_type, is_context_conditional)
-        self.res1 = ResidualBlock(*args, n_groups=norm_groups)
-        self.attn = attention_block(
-            n_channels, context_channels, condition_type, is_context_conditional,
-            attention_heads, attention_head_channels, norm_groups,
-        )
-        self.res2 = ResidualBlock(*args, n_groups=norm_groups)
+        self.res1 = ResidualBlock(n_channels, n_channels, settings)
+        self.attn = attention_block(n_channels, settings)
+        self.res2 = ResidualBlock(n_channels, n_channels, settings)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """``x: (B, C, H, W)`` -> same shape."""
         return self.res2(self.attn(self.res1(x, t_emb, c), c), t_emb, c)
 
 
-def attention_block(
-    channels: int,
-    context_channels: int,
-    condition_type: str,
-    is_context_conditional: bool,
-    attention_heads: int,
-    attention_head_channels: int,
-    norm_groups: int = 32,
-) -> nn.Module:
+def attention_block(channels: int, settings: BlockSettings) -> nn.Module:
     """Cross-attention block for conditional ``"CA"`` models, plain self-attention otherwise."""
-    if condition_type == "CA" and is_context_conditional:
-        return SpatialEmbeddingCrossAttentionBlock(
-            channels, context_channels, n_heads=attention_heads, head_channels=attention_head_channels,
-            norm_groups=norm_groups,
-        )
-    return SpatialSelfAttentionBlock(channels, n_heads=attention_heads, head_channels=attention_head_channels,
-                                     norm_groups=norm_groups)
+    heads, head_channels = settings.attention_heads, settings.attention_head_channels
+    if settings.condition_type == "CA" and settings.is_context_conditional:
+        return SpatialEmbeddingCrossAttentionBlock(channels, settings.context_channels, n_heads=heads,
+                                                   head_channels=head_channels, norm_groups=settings.norm_groups)
+    return SpatialSelfAttentionBlock(channels, n_heads=heads, head_channels=head_channels,
+                                     norm_groups=settings.norm_groups)
 
 
-class Downsample(nn.Module):
+class Resample(nn.Module):
+    """A stride-2 convolution ``conv`` that halves or doubles H and W (published keys ``conv.weight``, ``conv.bias``)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C, H, W)`` -> ``(B, C, H/2, W/2)`` (:class:`Downsample`) or ``(B, C, 2H, 2W)`` (:class:`Upsample`)."""
+        return self.conv(x)
+
+
+class Downsample(Resample):
     """3x3 convolution with stride 2: ``(B, C, H, W) -> (B, C, H/2, W/2)``."""
 
     def __init__(self, n_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(n_channels, n_channels, kernel_size=3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, C, H, W)`` -> ``(B, C, H/2, W/2)``."""
-        return self.conv(x)
+        super().__init__(nn.Conv2d(n_channels, n_channels, kernel_size=3, stride=2, padding=1))
 
 
-class Upsample(nn.Module):
+class Upsample(Resample):
     """4x4 transposed convolution with stride 2: ``(B, C, H, W) -> (B, C, 2H, 2W)``."""
 
     def __init__(self, n_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.ConvTranspose2d(n_channels, n_channels, kernel_size=4, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (B, C, H, W)`` -> ``(B, C, 2H, 2W)``."""
-        return self.conv(x)
+        super().__init__(nn.ConvTranspose2d(n_channels, n_channels, kernel_size=4, stride=2, padding=1))

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.diffusion.nn import (
     CONDITION_TYPES,
+    BlockSettings,
     Downsample,
     MiddleBlock,
     ResAttentionBlock,
@@ -106,11 +107,11 @@ class ConditionalUNet(nn.Module):
             else:
                 self.empty_context_embedding = None
 
+        settings = BlockSettings(time_channels, context_channels, condition_type, is_context_conditional,
+                                 attention_heads, attention_head_channels, norm_groups)
+
         def block(c_in: int, c_out: int, level: int) -> ResAttentionBlock:
-            return ResAttentionBlock(
-                c_in, c_out, time_channels, context_channels, condition_type, is_context_conditional,
-                is_attention[level], attention_heads, attention_head_channels, norm_groups,
-            )
+            return ResAttentionBlock(c_in, c_out, settings, is_attention[level])
 
         n_levels = len(channel_multipliers)
         down: list[nn.Module] = []
@@ -124,10 +125,7 @@ class ConditionalUNet(nn.Module):
                 down.append(Downsample(channels))
         self.down = nn.ModuleList(down)
 
-        self.middle = MiddleBlock(
-            channels, time_channels, context_channels, condition_type, is_context_conditional,
-            attention_heads, attention_head_channels, norm_groups,
-        )
+        self.middle = MiddleBlock(channels, settings)
 
         up: list[nn.Module] = []
         for level in reversed(range(n_levels)):

@@ -9,11 +9,17 @@ import pytest
 import split_identity_blocks
 from dataset_building.filter_report import FilterReport
 from dataset_building.filters import filter_from_config
+from dataset_building.split import split_from_config
 from embedding.files import save_embeddings
 from utils.config import compose
 from utils.image_io import read_image, write_block
 
 N_IDS, N_IMAGES = 12, 6
+
+
+def split_old_command_line(argv: list[str]) -> dict[str, int]:
+    """``python split_identity_blocks.py <argv>`` (the old argparse form), run in-process."""
+    return split_from_config(compose("split_config", split_identity_blocks.OLD_COMMAND_LINE(argv)))
 
 
 def make_set(root: Path) -> Path:
@@ -62,7 +68,7 @@ def test_filter_then_split_gives_exactly_n_by_k_of_the_kept_images(tmp_path: Pat
         filter_from_config(compose("filter_config", overrides + ["filter.max_z=3"]))
 
     out = tmp_path / "dataset"
-    summary = split_identity_blocks.main([str(tmp_path / "aligned"), str(out), "--filter-report", str(path),
+    summary = split_old_command_line([str(tmp_path / "aligned"), str(out), "--filter-report", str(path),
                                           "--identities", "8", "--images-per-identity", "5"])
     assert summary == {"identities": 8, "images": 40, "too_few": 0, "left_out": 0}
     assert sorted(p.name for p in out.iterdir()) == sorted(report.identities)
@@ -72,11 +78,11 @@ def test_filter_then_split_gives_exactly_n_by_k_of_the_kept_images(tmp_path: Pat
         assert [int(t[0, 0, 0]) for t in tiles] == entry["kept"] and all(t[0, 0, 1] == int(identity) for t in tiles)
 
     # a further cut of a report's set: the first N in its order, the first K of each identity's kept images
-    summary = split_identity_blocks.main([str(tmp_path / "aligned"), str(tmp_path / "small"), "--filter-report",
+    summary = split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "small"), "--filter-report",
                                           str(path), "--identities", "3", "--images-per-identity", "2"])
     assert summary["identities"] == 3 and sorted(p.name for p in (tmp_path / "small").iterdir()) == ["0", "1", "2"]
     with pytest.raises(ValueError, match=r"only 0 of 8 identities have >= 6 images, fewer than --identities 8"):
-        split_identity_blocks.main([str(tmp_path / "aligned"), str(tmp_path / "x"), "--filter-report", str(path),
+        split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "x"), "--filter-report", str(path),
                                     "--identities", "8", "--images-per-identity", "6"])
 
 
@@ -86,10 +92,10 @@ def test_split_refuses_a_report_of_other_images(tmp_path: Path) -> None:
                                                         f"filter.report={tmp_path / 'r.json'}"]))
     (tmp_path / "aligned" / "7.grid2x3.png").unlink()
     with pytest.raises(ValueError, match="r.json keeps identity '7', which is not in the input folder"):
-        split_identity_blocks.main([str(tmp_path / "aligned"), str(tmp_path / "out"), "--filter-report", str(path)])
+        split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "out"), "--filter-report", str(path)])
     write_block(tmp_path / "aligned", "7", np.zeros((4, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="identity '7' has 4 images in the input folder but 6 in the report"):
-        split_identity_blocks.main([str(tmp_path / "aligned"), str(tmp_path / "out"), "--filter-report", str(path)])
+        split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "out"), "--filter-report", str(path)])
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

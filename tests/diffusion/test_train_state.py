@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from diffusion.ddpm import DenoisingDiffusionProbabilisticModel
 from diffusion.ema import EMAModel
 from diffusion.generation import load_trained_model
+from diffusion.safe_config import UnsafeConfigError
 from diffusion.train_state import (
     CHECKPOINT_DIR,
     EMA_FILE,
@@ -31,7 +32,6 @@ from diffusion.train_state import (
 from models.diffusion.unet import ConditionalUNet
 from utils.checkpoint import CheckpointError
 from utils.distributed import DistributedContext
-from utils.safe_config import UnsafeConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CTX = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -9,17 +9,19 @@ import pytest
 import torch
 
 from face_recognition_training.bin_reader import write_bin
-from face_recognition_training.evaluate import format_table, main
+from face_recognition_training.evaluate import evaluate_from_config, format_table
 from models.iresnet import iresnet18
+from utils.config import compose
 
 
-def test_evaluate_cli_writes_table(tmp_path: Path, faces) -> None:
+def test_evaluate_from_config_writes_table(tmp_path: Path, faces) -> None:
     torch.manual_seed(0)
     torch.save(iresnet18().state_dict(), tmp_path / "backbone.pth")
     pairs, is_same = faces.verification_pairs(faces.make_identity_images(5, 3, seed=2))
     write_bin(tmp_path / "bins" / "agedb_30.bin", pairs, is_same)
-    results = main(["--checkpoint", str(tmp_path / "backbone.pth"), "--bin-dir", str(tmp_path / "bins"),
-                    "--arch", "iresnet18", "--device", "cpu", "--output", str(tmp_path / "scores.json")])
+    results = evaluate_from_config(compose("evaluate_fr_config", [
+        f"evaluate_fr.checkpoint={tmp_path / 'backbone.pth'}", f"eval.bin_dir={tmp_path / 'bins'}",
+        "fr/backbone=iresnet18", "device=cpu", f"evaluate_fr.output={tmp_path / 'scores.json'}"]))
     assert list(results) == ["agedb_30"]
     assert 0.0 <= results["agedb_30"]["accuracy_mean"] <= 100.0
     summary = json.loads((tmp_path / "scores.json").read_text())

@@ -1,7 +1,7 @@
 """Resume after SIGKILL: a killed and restarted CPU run ends with the same weights, bitwise; a kill between the files
 of an epoch leaves them consistent after the rerun.
 
-Both runs are subprocesses of ``python -m face_recognition_training.train`` with one thread.
+Both runs are subprocesses of ``python train_fr.py`` with one thread.
 The config exercises every source of state: RandAugment and dropout (torch RNG, workers=0),
 ElasticFace margins (torch RNG), SGD momentum, a step schedule with a milestone after the
 first epoch, and the epoch-seeded sampler.
@@ -32,7 +32,7 @@ CKPT = "checkpoint.pt"
 
 def _command(data: Path, out: Path, epochs: int) -> list[str]:
     return [
-        sys.executable, "-m", "face_recognition_training.train",
+        sys.executable, "train_fr.py",
         f"data.root={data}", "data.width=0", "data.depth=0", "data.augment=ra_4_16", "data.random_erasing=0.5",
         "data.num_workers=0", "fr/backbone=iresnet18", "fr/head=elastic_cosface", "fr/schedule=step",
         "fr.schedule.milestones=[1]", f"fr.schedule.max_epochs={epochs}", "train.batch_size=4", "train.base_lr=12.8",

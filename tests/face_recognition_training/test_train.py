@@ -99,7 +99,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, faces) -> None:
     """DDP with gloo: two processes share each epoch and rank 0 writes one checkpoint with both RNG states."""
     data, bins = _prepare(tmp_path, faces, n_ids=4, n_train=4, n_held=3)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "face_recognition_training.train", *_overrides(data, bins, tmp_path / "out", 4, 0.1),
+               "train_fr.py", *_overrides(data, bins, tmp_path / "out", 4, 0.1),
                "data.num_workers=0", "data.augment=ra_4_16", "fr/schedule=step", "fr.schedule.max_epochs=2"]
     run = subprocess.run(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, timeout=1200)

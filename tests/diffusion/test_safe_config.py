@@ -1,4 +1,4 @@
-"""utils.safe_config: only allow-listed classes with plain arguments are built; everything else is refused by key."""
+"""diffusion.safe_config: only allow-listed classes with plain arguments are built; everything else is refused by key."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from utils.safe_config import UnsafeConfigError, build_allowed
+from diffusion.safe_config import UnsafeConfigError, build_allowed
 
 
 @dataclass
