@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the reference facts in ``../shared/reference``, one-thread torch."""
+"""Shared pytest fixtures: the reference facts in ``tests/fixtures/reference``, one-thread torch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,20 +8,15 @@ import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
+#: numbers measured from the original code (``fixtures/*.pt``) and the published checkpoints' key
+#: layouts (``manifests/*.json``), each folder with an ``INDEX.json``; shipped with the project
+REFERENCE_DIR = PROJECT_ROOT / "tests" / "fixtures" / "reference"
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The folder with NOTES.md, manifests/ and fixtures/ made with the original code."""
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference folder {REFERENCE_DIR} is absent (it sits beside the project checkout)")
+    """The folder with ``manifests/`` and ``fixtures/`` made with the original code (part of the project)."""
     return REFERENCE_DIR
-
-
-def load_fixture(reference_dir: Path, name: str) -> dict:
-    """Load one numeric fixture (plain tensors and dicts, so ``weights_only=True`` works)."""
-    return torch.load(reference_dir / "fixtures" / name, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture
