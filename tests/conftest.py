@@ -8,9 +8,11 @@ import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: reference data shipped with the project (each sub-folder says where its numbers come from)
+FIXTURES_DIR = PROJECT_ROOT / "tests" / "fixtures"
 #: numbers measured from the original code (``fixtures/*.pt``) and the published checkpoints' key
-#: layouts (``manifests/*.json``), each folder with an ``INDEX.json``; shipped with the project
-REFERENCE_DIR = PROJECT_ROOT / "tests" / "fixtures" / "reference"
+#: layouts (``manifests/*.json``), each folder with an ``INDEX.json``
+REFERENCE_DIR = FIXTURES_DIR / "reference"
 
 
 @pytest.fixture(scope="session")
