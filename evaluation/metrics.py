@@ -199,7 +199,9 @@ def error_curves(genuine: np.ndarray, impostor: np.ndarray) -> ErrorCurves:
 
 def _check_definition(definition: str) -> None:
     if definition not in ERROR_RATE_DEFINITIONS:
-        raise ValueError(f"error-rate definition {definition!r} is unknown; expected one of {sorted(ERROR_RATE_DEFINITIONS)}")
+        raise ValueError(
+            f"error-rate definition {definition!r} is unknown; expected one of {sorted(ERROR_RATE_DEFINITIONS)}"
+        )
 
 
 def fnmr_at_fmr(curves: ErrorCurves, fmr: float, definition: str = "pyeer") -> float:

@@ -4,7 +4,7 @@
 (:data:`KFOLD_RULES`): ``insightface`` (the default) is the protocol of insightface's
 ``recognition/arcface_torch/eval/verification.py`` behind the LFW / AgeDB-30 / CALFW / CFP-FP /
 CPLFW numbers of the papers we compare with, reproduced exactly (same folds, grid, tie rule,
-flip-sum and normalisation; ``tests/fixtures/verification/`` holds insightface's own outputs);
+flip-sum and normalisation; ``tests/fixtures/insightface_verification/`` holds insightface's own outputs);
 ``midpoint`` is the exact-midpoint rule on cosine similarities. :func:`tar_at_far` is our TAR at
 FAR on all pairs, not insightface's per-fold VAL (see its docstring).
 """
@@ -54,7 +54,9 @@ def flip_sum_embeddings(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarr
     """
     a, b = np.asarray(embeddings), np.asarray(flipped)
     if a.ndim != 2 or a.shape != b.shape or a.size == 0:
-        raise ValueError(f"embeddings and flipped must be two non-empty (N, D) arrays of one shape, found {a.shape} and {b.shape}")
+        raise ValueError(
+            f"embeddings and flipped must be two non-empty (N, D) arrays of one shape, found {a.shape} and {b.shape}"
+        )
     summed = a.astype(np.float64) + b.astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", summed, summed))
     if not (np.isfinite(norms).all() and (norms > 0).all()):
@@ -66,14 +68,15 @@ def _check_pair_embeddings(embeddings1: np.ndarray, embeddings2: np.ndarray) -> 
     """Two (N, D) float64 arrays of unit rows (the two images of each pair)."""
     a, b = np.asarray(embeddings1, dtype=np.float64), np.asarray(embeddings2, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape or a.size == 0:
-        raise ValueError(f"embeddings1 and embeddings2 must be two non-empty (N, D) arrays of one shape, found {a.shape} and {b.shape}")
+        raise ValueError(
+            f"embeddings1 and embeddings2 must be two non-empty (N, D) arrays of one shape, found {a.shape} and {b.shape}"
+        )
     for name, x in (("embeddings1", a), ("embeddings2", b)):
         norms = np.linalg.norm(x, axis=1)
         if not np.all(np.abs(norms - 1.0) <= 1e-4):  # also catches NaN
             bad = np.flatnonzero(~(np.abs(norms - 1.0) <= 1e-4))
-            raise ValueError(
-                f"{name}: rows must be L2-normalised, found norms {np.round(norms[bad[:3]], 4).tolist()} at rows {bad[:3].tolist()}"
-            )
+            found = np.round(norms[bad[:3]], 4).tolist()
+            raise ValueError(f"{name}: rows must be L2-normalised, found norms {found} at rows {bad[:3].tolist()}")
     return a, b
 
 

@@ -29,5 +29,6 @@ def test_every_indexed_manifest_is_present() -> None:
 def test_no_test_reads_outside_the_project() -> None:
     """A fresh clone runs every reference test: no test looks for data beside the checkout."""
     outside = re.compile(r"""["']shared["']|\.\./shared|parents\[[3-9]\]""")
-    offenders = [str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "tests").rglob("*.py") if outside.search(p.read_text())]
+    sources = sorted((PROJECT_ROOT / "tests").rglob("*.py"))
+    offenders = [str(p.relative_to(PROJECT_ROOT)) for p in sources if outside.search(p.read_text())]
     assert offenders == []
