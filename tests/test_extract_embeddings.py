@@ -43,7 +43,7 @@ def test_embeds_every_image_by_stem(folder: Path, output: str) -> None:
     # the preprocessing written out: RGB / 127.5 - 1 on the 112x112 image, the net, L2 normalisation
     net = iresnet18(num_features=512).eval()
     net.load_state_dict(torch.load(folder / "r18.pth", weights_only=True))
-    x = torch.from_numpy(np.asarray(Image.open(folder / "faces" / "00003.png"))).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(Image.open(folder / "faces" / "00003.png"))).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         direct = F.normalize(net(x / 127.5 - 1.0)).numpy()  # (1, 512)
     np.testing.assert_allclose(result.embeddings[3], direct[0], atol=1e-5)
