@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=32)
     parser.add_argument("--min-face-size", type=int, default=20)
-    parser.add_argument("--pad", type=float, default=0.2, help="FaceAligner pad (align.pad in the config)")
+    parser.add_argument("--pad", type=float, default=0.0, help="FaceAligner pad (align.pad in the config)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)

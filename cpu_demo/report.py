@@ -114,6 +114,7 @@ def _fmt(key: str, value: Any) -> str:
 
 METRIC_NOTES = {
     "detected_share": "generated images in which MTCNN finds a face",
+    "error_rate_definition": "how EER and FNMR at FMR are read off the scores (pyeer: as IDiff-Face reported them)",
     "eer": "equal error rate of the dlib model on generated identities",
     "fmr100": "FNMR at FMR 1 %",
     "fmr1000": "FNMR at FMR 0.1 %",

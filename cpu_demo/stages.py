@@ -261,8 +261,8 @@ def stage_evaluate(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
         f"evaluate.thresholds.uniqueness={t}", f"evaluate.thresholds.consistency={t}", f"evaluate.thresholds.leakage={t}",
     ]))
     v = report["verification"]
-    keys = ("eer", "eer_threshold", "fmr100", "fmr1000", "auc", "genuine_mean", "genuine_std", "impostor_mean",
-            "impostor_std", "n_genuine", "n_impostor")
+    keys = ("error_rate_definition", "eer", "eer_threshold", "fmr100", "fmr1000", "auc", "genuine_mean", "genuine_std",
+            "impostor_mean", "impostor_std", "n_genuine", "n_impostor")
     return {
         **{k: v[k] for k in keys},
         "identity_match": _identity_match(run.path("generated_embeddings"), run.path("people")),

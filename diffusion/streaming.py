@@ -62,7 +62,7 @@ class AlignSettings:
     size: int = 112
     min_face_size: int = 20
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    pad: float = 0.2
+    pad: float = 0.0
     just_resize_if_fail: bool = True
     batch_size: int = 64
 

@@ -4,9 +4,10 @@
   as IDiff-Face uses) on 112x112 ArcFace crops, RGB scaled to [-1, 1]; 512-d.
 * :class:`DlibBackend`: dlib's ResNet face descriptor (128-d) from the PyPI packages
   ``dlib-bin`` + ``face_recognition_models``; works offline, for demos and tests. It needs
-  dlib's own 150x150 chip, built by warping the 5 landmarks onto dlib's chip template: for
-  ArcFace crops the landmarks are the ArcFace template (no detection), for raw photos MTCNN
-  finds them.
+  dlib's own 150x150 chip, built by warping the 5 landmarks onto dlib's chip template
+  (``alignment.aligner.DLIB_CHIP_TEMPLATE``, fitted to dlib's own pipeline: cosine >= 0.99 to
+  dlib's descriptors of the same photo): for ArcFace crops the landmarks are the ArcFace
+  template (no detection), for raw photos MTCNN finds them (standard settings, no border).
 
 Embeddings are returned unit-length, so cosine similarity is a dot product and is a
 monotone function of the L2 distance between the unit vectors (``cos = 1 - d^2 / 2``).

@@ -9,22 +9,20 @@ similarity matrix is built in row chunks, so 10,000 identities x 50 images (500,
 form a 500,000 x 500,000 matrix.
 
 Error rates follow ISO/IEC 19795-1 naming: FMR (false match rate, impostors accepted) and FNMR
-(false non-match rate, genuines rejected) at a threshold ``score >= t``; EER where the two are equal
-(linear interpolation between the two operating points around the crossing; its threshold is the
-first one with FNMR <= FMR); FMR100 / FMR1000 = the lowest FNMR at FMR <= 1% / 0.1%; AUC of the ROC;
-Fisher discriminant ratio ``FDR = (mu_g - mu_i)^2 / (sigma_g^2 + sigma_i^2)``. TAR at FAR is
-``1 - FNMR`` at that FMR.
+(false non-match rate, genuines rejected) at a threshold ``score >= t``, one operating point per
+distinct score; AUC of the ROC; Fisher discriminant ratio
+``FDR = (mu_g - mu_i)^2 / (sigma_g^2 + sigma_i^2)``. EER and FMR100 / FMR1000 (FNMR at FMR 1% /
+0.1%) have two definitions (:data:`ERROR_RATE_DEFINITIONS`): ``pyeer`` (the default: IDiff-Face's
+numbers were computed with pyeer) and ``bounded``.
 
-Pair verification (LFW-style ``.bin`` sets): k-fold accuracy with the threshold chosen on the other
-folds (:func:`kfold_accuracy`).
+Pair verification (LFW-style k-fold accuracy, TAR at FAR) is in :mod:`evaluation.verification`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import auc, roc_curve
-from sklearn.model_selection import KFold
+from sklearn.metrics import auc
 
 CHUNK = 4096  # most rows of one similarity block; _row_chunk also caps a block at 256 MB
 SAMPLE_ROWS = 64  # impostor sampling: scores come in SAMPLE_ROWS x SAMPLE_ROWS blocks ...
@@ -157,9 +155,23 @@ def impostor_scores(
     return np.concatenate(parts)[:n_pairs].astype(np.float32, copy=False)
 
 
+#: definition name -> what EER and FMR100 / FMR1000 mean under it
+ERROR_RATE_DEFINITIONS: dict[str, str] = {
+    "pyeer": "pyeer 0.5.6 get_eer_stats, as IDiff-Face reported: thresholds at the distinct scores only; "
+    "FNMR at FMR x = FNMR of the threshold whose FMR is nearest x (the lowest such threshold on ties, so "
+    "its FMR may exceed x); EER = (FMR + FNMR) / 2 at the better of the two thresholds around the crossing",
+    "bounded": "FNMR at FMR x = the lowest FNMR among thresholds (incl. rejecting all) whose FMR is at most x; "
+    "EER = FMR = FNMR interpolated linearly between the two thresholds around the crossing",
+}
+
+
 @dataclass
 class ErrorCurves:
-    """Operating points, FMR ascending: ``fmr``, ``fnmr``, ``thresholds`` (P,) for decisions ``score >= t``."""
+    """Operating points, FMR ascending: ``fmr``, ``fnmr``, ``thresholds`` (P,) for decisions ``score >= t``.
+
+    Point 0 rejects everything (threshold ``inf``: FMR 0, FNMR 1); point k >= 1 accepts the scores
+    >= the k-th largest distinct score. Rates are exact count ratios (``count / total``).
+    """
 
     fmr: np.ndarray
     fnmr: np.ndarray
@@ -170,32 +182,81 @@ def error_curves(genuine: np.ndarray, impostor: np.ndarray) -> ErrorCurves:
     """FMR/FNMR at every distinct score used as threshold. genuine: (G,), impostor: (I,)."""
     if len(genuine) == 0 or len(impostor) == 0:
         raise ValueError(f"need genuine and impostor scores, found {len(genuine)} genuine and {len(impostor)} impostor")
+    scores = np.concatenate([genuine, impostor])
     is_genuine = np.r_[np.ones(len(genuine), dtype=bool), np.zeros(len(impostor), dtype=bool)]
-    fmr, tmr, thresholds = roc_curve(is_genuine, np.r_[genuine, impostor], drop_intermediate=False)
-    return ErrorCurves(fmr=fmr, fnmr=1.0 - tmr, thresholds=thresholds)
+    order = np.argsort(-scores, kind="stable")  # descending
+    s = scores[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]  # last position of each run of equal scores
+    accepted_genuine = np.cumsum(is_genuine[order])[last]
+    accepted_impostor = np.cumsum(~is_genuine[order])[last]
+    n_g, n_i = len(genuine), len(impostor)
+    return ErrorCurves(
+        fmr=np.r_[0, accepted_impostor] / n_i,
+        fnmr=np.r_[n_g, n_g - accepted_genuine] / n_g,
+        thresholds=np.r_[np.inf, s[last].astype(np.float64)],
+    )
 
 
-def fnmr_at_fmr(curves: ErrorCurves, fmr: float) -> float:
-    """Lowest FNMR among thresholds whose FMR is at most ``fmr``."""
-    return float(curves.fnmr[curves.fmr <= fmr + 1e-12].min())
+def _check_definition(definition: str) -> None:
+    if definition not in ERROR_RATE_DEFINITIONS:
+        raise ValueError(
+            f"error-rate definition {definition!r} is unknown; expected one of {sorted(ERROR_RATE_DEFINITIONS)}"
+        )
+
+
+def fnmr_at_fmr(curves: ErrorCurves, fmr: float, definition: str = "pyeer") -> float:
+    """FNMR at a target FMR (see :data:`ERROR_RATE_DEFINITIONS`).
+
+    ``bounded``: the lowest FNMR among thresholds whose FMR is at most ``fmr``. ``pyeer``: the FNMR of
+    the distinct-score threshold whose FMR is nearest ``fmr`` (first in ascending-threshold order).
+    """
+    _check_definition(definition)
+    if definition == "bounded":
+        return float(curves.fnmr[curves.fmr <= fmr + 1e-12].min())
+    fmr_up = curves.fmr[:0:-1]  # the distinct-score thresholds, ascending (pyeer's order)
+    return float(curves.fnmr[:0:-1][np.argmin(np.abs(fmr_up - fmr))])
+
+
+def equal_error_rate(curves: ErrorCurves, definition: str = "pyeer") -> tuple[float, float]:
+    """``(EER, its threshold)`` (see :data:`ERROR_RATE_DEFINITIONS`).
+
+    ``bounded``: FMR and FNMR interpolated linearly to their crossing; the threshold is the first one
+    with FNMR <= FMR. ``pyeer``: in ascending-threshold order, t2 is the first threshold with
+    FMR <= FNMR and t1 the one before (t2 itself when FMR = FNMR there or t2 is the lowest); the one of
+    the two with the smaller FMR + FNMR (t1 on ties) gives ``(FMR + FNMR) / 2``; (1.0, lowest
+    threshold) when the curves never cross (pyeer's value for inverted scores).
+    """
+    _check_definition(definition)
+    if definition == "bounded":
+        d = curves.fnmr - curves.fmr  # non-increasing along the curve; 1 at the start, -1 at the end
+        k = int(np.argmax(d <= 0))
+        t = d[k - 1] / (d[k - 1] - d[k])
+        return float(curves.fmr[k - 1] + t * (curves.fmr[k] - curves.fmr[k - 1])), float(curves.thresholds[k])
+    fmr, fnmr, thresholds = curves.fmr[:0:-1], curves.fnmr[:0:-1], curves.thresholds[:0:-1]
+    crossed = np.flatnonzero(fmr - fnmr <= 0)
+    if len(crossed) == 0:
+        return 1.0, float(thresholds[0])
+    t2 = int(crossed[0])
+    t1 = t2 - 1 if fmr[t2] != fnmr[t2] and t2 != 0 else t2
+    k = t1 if fmr[t1] + fnmr[t1] <= fmr[t2] + fnmr[t2] else t2
+    return float((fnmr[k] + fmr[k]) / 2), float(thresholds[k])
 
 
 def verification_metrics(
-    genuine: np.ndarray, impostor: np.ndarray, curves: ErrorCurves | None = None
-) -> dict[str, float]:
-    """EER (+ threshold), FMR100, FMR1000, AUC, means/stds and FDR; rates are fractions in [0, 1]."""
+    genuine: np.ndarray, impostor: np.ndarray, curves: ErrorCurves | None = None, definition: str = "pyeer"
+) -> dict[str, float | int | str]:
+    """EER (+ threshold), FMR100, FMR1000 under ``definition``, AUC, means/stds and FDR; rates are fractions in [0, 1]."""
+    _check_definition(definition)
     curves = error_curves(genuine, impostor) if curves is None else curves
-    d = curves.fnmr - curves.fmr  # non-increasing along the curve; 1 at the start, -1 at the end
-    k = int(np.argmax(d <= 0))
-    t = d[k - 1] / (d[k - 1] - d[k])
-    eer = curves.fmr[k - 1] + t * (curves.fmr[k] - curves.fmr[k - 1])
+    eer, eer_threshold = equal_error_rate(curves, definition)
     mu_g, mu_i = float(np.mean(genuine, dtype=np.float64)), float(np.mean(impostor, dtype=np.float64))
     sd_g, sd_i = float(np.std(genuine, dtype=np.float64)), float(np.std(impostor, dtype=np.float64))
     return {
-        "eer": float(eer),
-        "eer_threshold": float(curves.thresholds[k]),
-        "fmr100": fnmr_at_fmr(curves, 1e-2),
-        "fmr1000": fnmr_at_fmr(curves, 1e-3),
+        "error_rate_definition": definition,
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "fmr100": fnmr_at_fmr(curves, 1e-2, definition),
+        "fmr1000": fnmr_at_fmr(curves, 1e-3, definition),
         "auc": float(auc(curves.fmr, 1.0 - curves.fnmr)),
         "genuine_mean": mu_g,
         "genuine_std": sd_g,
@@ -205,106 +266,3 @@ def verification_metrics(
         "n_genuine": int(len(genuine)),
         "n_impostor": int(len(impostor)),
     }
-
-
-def _check_pairs(similarities: np.ndarray, is_same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert the two pair arrays: ``similarities`` (N,) float, ``is_same`` (N,) bool."""
-    sims = np.asarray(similarities, dtype=np.float64)
-    same = np.asarray(is_same)
-    if sims.ndim != 1:
-        raise ValueError(f"similarities must be a 1-D array (N,), found shape {sims.shape}")
-    if same.shape != sims.shape:
-        raise ValueError(f"is_same must have the shape of similarities {sims.shape}, found {same.shape}")
-    if same.dtype != np.bool_:
-        if not np.isin(same, (0, 1)).all():
-            raise ValueError("is_same must be boolean (or 0/1), found other values")
-        same = same.astype(bool)
-    if not np.isfinite(sims).all():
-        raise ValueError(f"similarities contains {int((~np.isfinite(sims)).sum())} non-finite values")
-    return sims, same
-
-
-def best_threshold(similarities: np.ndarray, is_same: np.ndarray) -> tuple[float, float]:
-    """Threshold with the highest accuracy of ``similarity > threshold`` on the given pairs.
-
-    Args:
-        similarities: (N,) scores, larger = more alike.
-        is_same: (N,) bool ground truth.
-
-    Returns:
-        ``(threshold, accuracy)`` with accuracy a fraction in [0, 1]. The candidates are one
-        value just below the smallest score (everything "same"), the midpoints between
-        consecutive distinct scores, and the largest score (everything "different").
-    """
-    sims, same = _check_pairs(similarities, is_same)
-    if sims.size == 0:
-        raise ValueError("best_threshold needs at least one pair, found 0")
-    order = np.argsort(sims, kind="stable")
-    s, y = sims[order], same[order]
-    n = s.size
-    # Cut k (0..n): the k lowest scores are predicted "different", the rest "same".
-    diff_below = np.concatenate(([0], np.cumsum(~y)))  # (n+1,)
-    same_below = np.concatenate(([0], np.cumsum(y)))  # (n+1,)
-    correct = diff_below + (same_below[-1] - same_below)  # (n+1,)
-    valid = np.ones(n + 1, dtype=bool)
-    valid[1:n] = s[1:] > s[:-1]  # a cut inside a run of equal scores is not realisable
-    k = int(np.flatnonzero(valid)[np.argmax(correct[valid])])
-    if k == 0:
-        threshold = float(np.nextafter(s[0], -np.inf))
-    elif k == n:
-        threshold = float(s[-1])
-    else:
-        threshold = float((s[k - 1] + s[k]) / 2.0)
-        if not s[k - 1] <= threshold < s[k]:  # midpoint rounded onto s[k] for adjacent floats
-            threshold = float(s[k - 1])
-    return threshold, float(correct[k]) / n
-
-
-def kfold_accuracy(similarities: np.ndarray, is_same: np.ndarray, n_folds: int = 10) -> dict:
-    """k-fold verification accuracy with thresholds chosen on the other folds.
-
-    Args:
-        similarities: (N,) pair scores, larger = more alike.
-        is_same: (N,) bool, True for genuine (same-identity) pairs.
-        n_folds: number of contiguous folds (``KFold(n_folds, shuffle=False)``).
-
-    Returns:
-        ``{"accuracy_mean": float, "accuracy_std": float, "thresholds": list[float],
-        "fold_accuracies": list[float]}``; accuracies in percent, ``accuracy_std`` is the
-        population standard deviation over folds (``np.std``, as insightface reports it),
-        one threshold per fold.
-    """
-    sims, same = _check_pairs(similarities, is_same)
-    if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
-        raise ValueError(f"n_folds must be an integer >= 2, found {n_folds!r}")
-    if sims.size < n_folds:
-        raise ValueError(f"kfold_accuracy needs at least n_folds={n_folds} pairs, found {sims.size}")
-    thresholds, accuracies = [], []
-    for train_idx, test_idx in KFold(n_splits=int(n_folds), shuffle=False).split(sims):
-        threshold, _ = best_threshold(sims[train_idx], same[train_idx])
-        predicted = sims[test_idx] > threshold
-        thresholds.append(threshold)
-        accuracies.append(100.0 * float(np.mean(predicted == same[test_idx])))
-    return {
-        "accuracy_mean": float(np.mean(accuracies)),
-        "accuracy_std": float(np.std(accuracies)),
-        "thresholds": thresholds,
-        "fold_accuracies": accuracies,
-    }
-
-
-def tar_at_far(similarities: np.ndarray, is_same: np.ndarray, far: float = 1e-3) -> float:
-    """True-accept rate (percent) at false-accept rate ``far`` on all pairs (no folds).
-
-    ``100 * (1 - fnmr_at_fmr(error_curves(genuine, impostor), far))``: the same operating point and
-    tie rule (accept when ``score >= threshold``) as the synthetic-set report's FMR100/FMR1000.
-
-    Args:
-        similarities: (N,) pair scores, larger = more alike.
-        is_same: (N,) bool, True for genuine pairs; both classes must be present.
-        far: target false-accept rate in [0, 1].
-    """
-    sims, same = _check_pairs(similarities, is_same)
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must lie in [0, 1], found {far}")
-    return 100.0 * (1.0 - fnmr_at_fmr(error_curves(sims[same], sims[~same]), far))

@@ -13,7 +13,11 @@ LFW class folders, or ``Aaron_Eckhart_0001`` from the original ``.pt`` dicts).
 
 With ``reference`` set, the first image of each pair comes from the reference set (e.g. real LFW)
 and the second from ``embeddings`` (e.g. its synthetic variations): the original's real-vs-variation
-comparison. Reports the 10-fold accuracy, EER/FMR100/FMR1000/AUC/FDR and the plots of evaluate.py.
+comparison. Reports the 10-fold accuracy (insightface's rule by default, named in the report),
+EER/FMR100/FMR1000/AUC/FDR and the plots of evaluate.py.
+
+EER and FMR100/FMR1000 follow pyeer's definitions by default (IDiff-Face computed its numbers with
+pyeer); ``error_rates=bounded`` selects the other one; the report names the one used.
 """
 from __future__ import annotations
 
@@ -26,14 +30,9 @@ from omegaconf import DictConfig
 
 from embedding.files import EmbeddingSet, load_embeddings
 from evaluation.identity import consistency, identity_centres, leakage, uniqueness
-from evaluation.metrics import (
-    check_embeddings,
-    check_same_dim,
-    genuine_scores,
-    impostor_scores,
-    kfold_accuracy,
-)
+from evaluation.metrics import ERROR_RATE_DEFINITIONS, check_embeddings, check_same_dim, genuine_scores, impostor_scores
 from evaluation.summary import score_summary, write_report
+from evaluation.verification import KFOLD_RULES, kfold_accuracy
 from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,11 @@ SETTINGS = (
     Number("evaluate.thresholds.uniqueness", low=-1, high=1),
     Number("evaluate.thresholds.consistency", low=-1, high=1),
     Number("evaluate.thresholds.leakage", low=-1, high=1),
+    Choice("evaluate.error_rates", tuple(ERROR_RATE_DEFINITIONS)),
 )
 #: What ``evaluate_lfw.py`` checks before any work.
-LFW_SETTINGS = (Choice("evaluate_lfw.on_missing", ("error", "skip")),)
+LFW_SETTINGS = (Choice("evaluate_lfw.on_missing", ("error", "skip")), Choice("evaluate_lfw.kfold_rule", KFOLD_RULES),
+                Choice("evaluate_lfw.error_rates", tuple(ERROR_RATE_DEFINITIONS)))
 
 
 def _identity_names(synthetic: EmbeddingSet, n_identities: int) -> list[str]:
@@ -73,6 +74,7 @@ def evaluate_sets(
     synthetic_name: str = "synthetic",
     real_name: str = "real",
     top_leaks: int = 10,
+    error_rates: str = "pyeer",
 ) -> dict:
     """All metrics of a labelled synthetic set (and its leakage against ``real``), written to ``out_dir``.
 
@@ -86,6 +88,8 @@ def evaluate_sets(
             (backend-specific: ~0.3 for ElasticFace, ~0.9 for dlib).
         synthetic_name, real_name: names in messages and the report (the file paths).
         top_leaks: how many most similar synthetic-real pairs the report lists.
+        error_rates: EER / FMR100 / FMR1000 definition, ``pyeer`` (IDiff-Face's numbers) or ``bounded``
+            (:data:`evaluation.metrics.ERROR_RATE_DEFINITIONS`).
     Returns:
         the report dict (also in ``report.json``).
     """
@@ -113,7 +117,9 @@ def evaluate_sets(
             "impostor_pairs": "all" if impostor_pairs is None else int(impostor_pairs),
             "seed": int(seed),
         },
-        "verification": score_summary(genuine, impostor, out_dir, title=f"{Path(synthetic_name).name}"),
+        "verification": score_summary(
+            genuine, impostor, out_dir, title=f"{Path(synthetic_name).name}", error_rates=error_rates
+        ),
     }
     del genuine, impostor
     centres = identity_centres(emb, labels)
@@ -156,6 +162,7 @@ def evaluate(cfg: DictConfig) -> dict:
         leakage_threshold=float(e.thresholds.leakage),
         synthetic_name=str(e.synthetic),
         real_name=str(e.real) if e.real else "real",
+        error_rates=str(e.error_rates),
     )
 
 
@@ -218,6 +225,8 @@ def evaluate_lfw_set(
     on_missing: str = "error",
     name: str = "embeddings",
     reference_name: str = "reference",
+    kfold_rule: str = "insightface",
+    error_rates: str = "pyeer",
 ) -> dict:
     """Score the LFW pairs with ``embeddings`` (or ``reference`` x ``embeddings``), write report and plots.
 
@@ -228,6 +237,9 @@ def evaluate_lfw_set(
         reference: optional set for the first image of every pair.
         on_missing: ``error`` (default) or ``skip`` pairs whose images have no embedding (the folds
             then shrink and are no longer the official ones; the report counts the skipped pairs).
+        kfold_rule: ``insightface`` (the papers' protocol) or ``midpoint``
+            (:data:`evaluation.verification.KFOLD_RULES`); the report names it.
+        error_rates: EER / FMR definition of the score summary (``pyeer`` or ``bounded``).
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"evaluate_lfw.on_missing={on_missing!r} is unknown; expected 'error' or 'skip'")
@@ -246,7 +258,7 @@ def evaluate_lfw_set(
     rows_b = np.array([second_index[b] for (_, b), ok in zip(pairs, found) if ok], dtype=np.int64)
     sims = np.einsum("ij,ij->i", first[rows_a], second[rows_b])  # (P,)
     same = is_same[found]
-    accuracy = kfold_accuracy(sims, same, n_folds=n_folds)
+    accuracy = kfold_accuracy(first[rows_a], second[rows_b], same, n_folds=n_folds, rule=kfold_rule)
     report = {
         "dataset": {
             "embeddings": name,
@@ -256,12 +268,16 @@ def evaluate_lfw_set(
             "skipped_pairs": int((~found).sum()),
         },
         "lfw": {
+            "kfold_rule": kfold_rule,
             "accuracy_mean_percent": accuracy["accuracy_mean"],
             "accuracy_std_percent": accuracy["accuracy_std"],
             "fold_accuracies_percent": [round(a, 3) for a in accuracy["fold_accuracies"]],
             "fold_thresholds": [round(t, 4) for t in accuracy["thresholds"]],
+            "thresholds_on": accuracy["threshold_on"],
         },
-        "verification": score_summary(sims[same], sims[~same], out_dir, title=f"LFW {Path(name).name}"),
+        "verification": score_summary(
+            sims[same], sims[~same], out_dir, title=f"LFW {Path(name).name}", error_rates=error_rates
+        ),
     }
     write_report(report, out_dir, title=f"LFW verification of {name}")
     log.info(
@@ -286,4 +302,6 @@ def evaluate_lfw(cfg: DictConfig) -> dict:
         on_missing=str(e.on_missing),
         name=str(e.embeddings),
         reference_name=str(e.reference) if e.reference else "reference",
+        kfold_rule=str(e.kfold_rule),
+        error_rates=str(e.error_rates),
     )

@@ -46,13 +46,22 @@ def plot_det(curves: ErrorCurves, path: str | os.PathLike, title: str = "", max_
 
 
 def score_summary(
-    genuine: np.ndarray, impostor: np.ndarray, out_dir: str | os.PathLike, prefix: str = "", title: str = ""
+    genuine: np.ndarray,
+    impostor: np.ndarray,
+    out_dir: str | os.PathLike,
+    prefix: str = "",
+    title: str = "",
+    error_rates: str = "pyeer",
 ) -> dict:
-    """Verification metrics of a genuine (G,) / impostor (I,) score set plus its histogram and DET PNGs in ``out_dir``."""
+    """Verification metrics of a genuine (G,) / impostor (I,) score set plus its histogram and DET PNGs in ``out_dir``.
+
+    ``error_rates`` names the EER / FMR100 / FMR1000 definition (:data:`evaluation.metrics.ERROR_RATE_DEFINITIONS`);
+    the result says which one in ``error_rate_definition``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = error_curves(genuine, impostor)
-    metrics = verification_metrics(genuine, impostor, curves)
+    metrics = verification_metrics(genuine, impostor, curves, definition=error_rates)
     hist = plot_score_histograms(
         genuine, impostor, metrics["eer_threshold"], out_dir / f"{prefix}score_histograms.png", title
     )

@@ -1,8 +1,9 @@
 """Score a face-recognition backbone on insightface verification ``.bin`` files (the paper's table).
 
-Library part (also used by training): flip-sum embeddings, per-benchmark 10-fold accuracy and
-TAR@FAR=1e-3, the table. :func:`evaluate_from_config` is ``evaluate_fr.py``
-(``configs/evaluate_fr_config.yaml``)::
+Library part (also used by training): flip-sum embeddings, per-benchmark 10-fold accuracy by
+insightface's rule (``eval/verification.py``, the papers' protocol; ``eval.kfold_rule=midpoint`` for
+the exact-midpoint rule) and our TAR@FAR=1e-3 on all pairs, the table. :func:`evaluate_from_config`
+is ``evaluate_fr.py`` (``configs/evaluate_fr_config.yaml``)::
 
     python evaluate_fr.py evaluate_fr.checkpoint=outputs/fr/.../backbone.pth fr/backbone=iresnet50 \
         eval.bin_dir=data/fr_benchmarks [device=cpu] [evaluate_fr.output=results.json]
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from evaluation.metrics import kfold_accuracy, tar_at_far
+from evaluation.verification import KFOLD_RULES, flip_sum_embeddings, kfold_accuracy, tar_at_far
 from face_recognition_training.bin_reader import read_bin
 from models.iresnet import load_iresnet
 from utils.atomic import write_json_atomic, write_text_atomic
@@ -44,7 +45,7 @@ BENCHMARKS: dict[str, str] = {
 }
 
 #: Start-up checks of the ``eval`` section (``configs/fr/eval/default.yaml``), shared with FR training.
-EVAL_SETTINGS = (Number("eval.batch_size", low=1, high=65_536, integer=True),)
+EVAL_SETTINGS = (Number("eval.batch_size", low=1, high=65_536, integer=True), Choice("eval.kfold_rule", KFOLD_RULES))
 #: What ``evaluate_fr.py`` checks before any work.
 SETTINGS = (
     *EVAL_SETTINGS,
@@ -88,7 +89,7 @@ def embed_images(
     amp: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
-    """Flip-sum embeddings: ``normalize(f(x) + f(flip(x)))``.
+    """Flip-sum embeddings: ``normalize(f(x) + f(flip(x)))``, summed and normalised in float64 as insightface does.
 
     Args:
         backbone: maps (B, 3, 112, 112) in [-1, 1] to (B, D); evaluated in eval mode (mode restored after).
@@ -98,32 +99,40 @@ def embed_images(
         amp: autocast (float16 on CUDA, bfloat16 on CPU).
 
     Returns:
-        (N, D) float32, L2-normalised rows.
+        (N, D) float64, L2-normalised rows.
     """
     was_training = backbone.training
     backbone.eval()
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    chunks = []
+    features, flipped = [], []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="embed", disable=not progress, leave=False):
         x = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         x = x.float().div_(127.5).sub_(1.0)  # [-1, 1]
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp):
-            emb = backbone(x).float() + backbone(torch.flip(x, dims=[3])).float()  # (B, D)
-        chunks.append(nn.functional.normalize(emb, dim=1).cpu())
+            features.append(backbone(x).float().cpu())  # (B, D)
+            flipped.append(backbone(torch.flip(x, dims=[3])).float().cpu())
     backbone.train(was_training)
-    if not chunks:
+    if not features:
         raise ValueError("embed_images got no images")
-    return torch.cat(chunks).numpy()
+    return flip_sum_embeddings(torch.cat(features).numpy(), torch.cat(flipped).numpy())
 
 
-def score_set(embeddings: np.ndarray, is_same: np.ndarray, n_folds: int = 10, far: float = 1e-3) -> dict:
-    """Metrics of one benchmark from its (2N, D) normalised embeddings and (N,) labels (percent)."""
-    similarities = np.sum(embeddings[0::2] * embeddings[1::2], axis=1)  # (N,) cosine
-    folds = kfold_accuracy(similarities, is_same, n_folds=n_folds)
+def score_set(
+    embeddings: np.ndarray, is_same: np.ndarray, n_folds: int = 10, far: float = 1e-3, rule: str = "insightface"
+) -> dict:
+    """Metrics of one benchmark from its (2N, D) normalised embeddings (pairs at rows 2i, 2i+1) and (N,) labels.
+
+    ``accuracy_mean`` / ``accuracy_std``: k-fold accuracy in percent by ``rule``
+    (:data:`evaluation.verification.KFOLD_RULES`), named in ``kfold_rule``; ``tar_at_far``: our TAR at
+    FAR ``far`` on all pairs (:func:`evaluation.verification.tar_at_far`, not insightface's VAL).
+    """
+    folds = kfold_accuracy(embeddings[0::2], embeddings[1::2], is_same, n_folds=n_folds, rule=rule)
+    similarities = np.einsum("ij,ij->i", embeddings[0::2], embeddings[1::2])  # (N,) cosine
     return {
         "accuracy_mean": folds["accuracy_mean"],
         "accuracy_std": folds["accuracy_std"],
+        "kfold_rule": rule,
         "tar_at_far": tar_at_far(similarities, is_same, far=far),
     }
 
@@ -135,10 +144,11 @@ def evaluate_backbone(
     batch_size: int = 256,
     amp: bool = False,
     progress: bool = False,
+    rule: str = "insightface",
 ) -> dict[str, dict]:
-    """``{name: {"accuracy_mean", "accuracy_std", "tar_at_far"}}`` for each verification set."""
+    """``{name: {"accuracy_mean", "accuracy_std", "kfold_rule", "tar_at_far"}}`` for each verification set."""
     return {
-        s.name: score_set(embed_images(backbone, s.images, device, batch_size, amp, progress), s.is_same)
+        s.name: score_set(embed_images(backbone, s.images, device, batch_size, amp, progress), s.is_same, rule=rule)
         for s in sets
     }
 
@@ -151,16 +161,18 @@ def mean_accuracy(results: dict[str, dict]) -> float:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """Markdown table: one column per benchmark (paper order, others after) and the average."""
+    """Markdown table: one column per benchmark (paper order, others after) and the average; rows name the k-fold rule."""
     names = [n for n in BENCHMARKS if n in results] + [n for n in results if n not in BENCHMARKS]
     header = [BENCHMARKS.get(n, n) for n in names] + ["Avg"]
     accuracy = [f"{results[n]['accuracy_mean']:.2f} ± {results[n]['accuracy_std']:.2f}" for n in names]
     tar = [f"{results[n]['tar_at_far']:.2f}" for n in names]
+    rules = sorted({results[n]["kfold_rule"] for n in names})
     rows = [
         "| metric | " + " | ".join(header) + " |",
         "|---" * (len(header) + 1) + "|",
-        "| accuracy (%) | " + " | ".join(accuracy) + f" | {mean_accuracy(results):.2f} |",
-        "| TAR@FAR=1e-3 (%) | " + " | ".join(tar) + f" | {np.mean([results[n]['tar_at_far'] for n in names]):.2f} |",
+        f"| accuracy (%, {'/'.join(rules)} rule) | " + " | ".join(accuracy) + f" | {mean_accuracy(results):.2f} |",
+        "| TAR@FAR=1e-3 (%, all pairs) | " + " | ".join(tar)
+        + f" | {np.mean([results[n]['tar_at_far'] for n in names]):.2f} |",
     ]
     return "\n".join(rows)
 
@@ -180,7 +192,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     for name in cfg.eval.benchmarks:  # one set in memory at a time: a decoded .bin is ~0.45 GB
         for vset in load_verification_sets(bin_dir, [name]):
             results.update(evaluate_backbone(backbone, [vset], device, int(cfg.eval.batch_size), bool(e.amp),
-                                             progress=True))
+                                             progress=True, rule=str(cfg.eval.kfold_rule)))
             log.info("%s: %.2f ± %.2f", name, results[name]["accuracy_mean"], results[name]["accuracy_std"])
     if not results:
         raise FileNotFoundError(f"none of {', '.join(n + '.bin' for n in cfg.eval.benchmarks)} is in eval.bin_dir={bin_dir}")
@@ -188,8 +200,8 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict]:
     log.info("%s\n%s", e.checkpoint, table)
     if e.output:
         out = Path(e.output)
-        summary = {"checkpoint": str(e.checkpoint), "arch": arch, "results": results,
-                   "average_accuracy": mean_accuracy(results)}
+        summary = {"checkpoint": str(e.checkpoint), "arch": arch, "kfold_rule": str(cfg.eval.kfold_rule),
+                   "results": results, "average_accuracy": mean_accuracy(results)}
         write_json_atomic(out, summary)
         write_text_atomic(out.with_suffix(".md"), table + "\n")
         log.info("wrote %s and %s", out, out.with_suffix(".md"))

@@ -262,7 +262,8 @@ def _train(cfg: DictConfig, ctx: DistributedContext, out_dir: Path) -> dict[str,
         lr_now = optimizer.param_groups[0]["lr"]
         record = {"epoch": epoch, "lr": lr_now,
                   **train_one_epoch(model, fr_model, loader, epoch, optimizer, scaler, cfg, ctx, amp)}
-        results = evaluate_backbone(fr_model.backbone, sets, ctx.device, cfg.eval.batch_size, amp) if sets else {}
+        results = (evaluate_backbone(fr_model.backbone, sets, ctx.device, cfg.eval.batch_size, amp,
+                                     rule=str(cfg.eval.kfold_rule)) if sets else {})
         mean_acc = float(broadcast_object(mean_accuracy(results) if results else math.nan, ctx))
         if not math.isnan(mean_acc):
             record.update(eval=results, mean_accuracy=mean_acc)

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the reference facts in ``../shared/reference``, one-thread torch, shrunk real configs."""
+"""Shared pytest fixtures: the reference facts in ``tests/fixtures/reference``, one-thread torch, the real photos,
+shrunk real configs, a kill switch for file boundaries."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -16,20 +18,17 @@ from omegaconf import DictConfig
 from utils.config import CONFIG_DIR, compose
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = PROJECT_ROOT.parent / "shared" / "reference"
+#: reference data shipped with the project (each sub-folder says where its numbers come from)
+FIXTURES_DIR = PROJECT_ROOT / "tests" / "fixtures"
+#: numbers measured from the original code (``fixtures/*.pt``) and the published checkpoints' key
+#: layouts (``manifests/*.json``), each folder with an ``INDEX.json``
+REFERENCE_DIR = FIXTURES_DIR / "reference"
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The folder with NOTES.md, manifests/ and fixtures/ made with the original code."""
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference folder {REFERENCE_DIR} is absent (it sits beside the project checkout)")
+    """The folder with ``manifests/`` and ``fixtures/`` made with the original code (part of the project)."""
     return REFERENCE_DIR
-
-
-def load_fixture(reference_dir: Path, name: str) -> dict:
-    """Load one numeric fixture (plain tensors and dicts, so ``weights_only=True`` works)."""
-    return torch.load(reference_dir / "fixtures" / name, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture
@@ -156,3 +155,22 @@ def shrunk_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose(root, [*paths, *SHRINK.get(root, []), *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> dict[str, np.ndarray]:
+    """Every real full-face photo the project and its dependencies ship, (H, W, 3) uint8 RGB by name.
+
+    The 5 demo crops (128x128; Obama x3, Biden, Collins: ``data/demo/SOURCES.md``), scikit-image's
+    astronaut (Eileen Collins, 512x512) and matplotlib's Grace Hopper (600x512).
+    """
+    from matplotlib.cbook import get_sample_data
+    from PIL import Image
+    from skimage.data import astronaut
+
+    faces = sorted((PROJECT_ROOT / "data" / "demo" / "faces").glob("*.png"))
+    photos = {path.stem: np.asarray(Image.open(path).convert("RGB")) for path in faces}
+    photos["astronaut"] = astronaut()
+    with get_sample_data("grace_hopper.jpg") as file:
+        photos["grace_hopper"] = np.asarray(Image.open(file).convert("RGB"))
+    return photos

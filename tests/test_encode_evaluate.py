@@ -261,10 +261,18 @@ def test_evaluate_lfw_pairs_accuracy_and_missing(tmp_path: Path) -> None:
     for person_index, (person, count) in enumerate(people.items()):
         for i in range(1, count + 1):
             names.append(f"{person}/{person}_{i:04d}")
-            vectors.append(np.eye(8)[person_index] + 0.1 * rng.normal(size=8))
+            vectors.append(np.eye(8)[person_index] + 0.01 * rng.normal(size=8))  # genuine distances < 0.01
     embeddings = EmbeddingSet(names, np.asarray(vectors, dtype=np.float32))
     report = evaluate_lfw_set(embeddings, pairs_path, tmp_path / "out")
     assert report["lfw"]["accuracy_mean_percent"] == 100.0 and report["verification"]["eer"] == 0.0
+    # insightface's rule by default: the first grid distance above the training genuines, 0.01
+    assert report["lfw"]["kfold_rule"] == "insightface" and report["lfw"]["thresholds_on"] == "squared_l2_distance"
+    assert report["lfw"]["fold_thresholds"] == [0.01, 0.01]
+    assert report["verification"]["error_rate_definition"] == "pyeer"
+    midpoint = evaluate_lfw_set(embeddings, pairs_path, tmp_path / "mid", kfold_rule="midpoint", error_rates="bounded")
+    assert midpoint["lfw"]["kfold_rule"] == "midpoint" and midpoint["lfw"]["accuracy_mean_percent"] == 100.0
+    assert 0.0 < midpoint["lfw"]["fold_thresholds"][0] < 1.0  # a cosine between the classes
+    assert midpoint["verification"]["error_rate_definition"] == "bounded"
     assert (tmp_path / "out" / "det_curve.png").is_file() and (tmp_path / "out" / "report.md").is_file()
     crossed = evaluate_lfw_set(embeddings, pairs_path, tmp_path / "ref", reference=embeddings)
     assert crossed["verification"]["eer"] == 0.0
@@ -282,7 +290,6 @@ def test_evaluate_lfw_pairs_accuracy_and_missing(tmp_path: Path) -> None:
 
 def test_encode_and_evaluate_real_faces_with_dlib(tmp_path: Path) -> None:
     """End to end on the demo photos: dlib (MTCNN on each photo) -> class folders -> EER 0, Obama genuine."""
-    pytest.importorskip("dlib", reason="dlib-bin is not installed")
     faces = PROJECT_ROOT / "data" / "demo" / "faces"
     root = tmp_path / "classes"
     for path in sorted(faces.glob("*.png")):

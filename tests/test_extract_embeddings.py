@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from embedding.backends import IResNetBackend
 from embedding.encoding import extract_embeddings
 from embedding.files import load_embeddings
 from models.iresnet import iresnet18
@@ -40,8 +40,12 @@ def test_embeds_every_image_by_stem(folder: Path, output: str) -> None:
     result = load_embeddings(out)
     assert result.names == [f"{i:05d}" for i in range(5)]
     np.testing.assert_allclose(np.linalg.norm(result.embeddings, axis=1), 1.0, atol=1e-5)
-    backend = IResNetBackend(folder / "r18.pth", arch="iresnet18", device="cpu")
-    direct = backend.embed([np.asarray(Image.open(folder / "faces" / "00003.png"))])
+    # the preprocessing written out: RGB / 127.5 - 1 on the 112x112 image, the net, L2 normalisation
+    net = iresnet18(num_features=512).eval()
+    net.load_state_dict(torch.load(folder / "r18.pth", weights_only=True))
+    x = torch.from_numpy(np.array(Image.open(folder / "faces" / "00003.png"))).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        direct = F.normalize(net(x / 127.5 - 1.0)).numpy()  # (1, 512)
     np.testing.assert_allclose(result.embeddings[3], direct[0], atol=1e-5)
     if output.endswith(".pt"):  # the original's format: {stem: float32[512]}, loadable with weights_only
         original = torch.load(out, weights_only=True)

@@ -42,11 +42,21 @@ def test_ema_equals_closed_form_weighted_average() -> None:
     assert not any(p.requires_grad for p in ema.averaged_model.parameters())
 
 
-def test_state_dict_round_trip() -> None:
+def test_state_dict_round_trip_resumes_the_schedule() -> None:
+    """A fresh EMA given the counters (and the averaged weights, saved as their own file) continues exactly."""
+    torch.manual_seed(0)
     model = nn.Linear(2, 2)
     ema = EMAModel(model)
     for _ in range(5):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(2, 2))
         ema.step(model)
-    other = EMAModel(model)
-    other.load_state_dict(ema.state_dict())
-    assert other.optimization_step == 5 and other.get_decay(5) == ema.get_decay(5)
+    restored = EMAModel(nn.Linear(2, 2))
+    assert restored.optimization_step == 0
+    restored.load_state_dict(ema.state_dict())
+    restored.averaged_model.load_state_dict(ema.averaged_model.state_dict())
+    assert restored.optimization_step == 5 and restored.decay == ema.decay == ema_decay(4)
+    with torch.no_grad():
+        model.weight.add_(torch.randn(2, 2))
+    assert restored.step(model) == ema.step(model) == pytest.approx(1 - 5**-0.75, rel=1e-12)  # the 6th update
+    torch.testing.assert_close(restored.averaged_model.weight, ema.averaged_model.weight, atol=0, rtol=0)

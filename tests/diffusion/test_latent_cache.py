@@ -1,6 +1,7 @@
 """Latent cache: cached latents equal on-the-fly encoding of the same images and flips; stale caches are rebuilt."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,32 @@ def test_cached_latents_equal_on_the_fly_encoding(tmp_path: Path) -> None:
     assert torch.equal(reread.latents, cache.latents)
 
 
-def test_stale_cache_is_rebuilt(tmp_path: Path) -> None:
+def test_fingerprint_changes_with_the_data_or_the_encoder_and_only_then(tmp_path: Path) -> None:
+    """The fingerprint covers image files (name, size, mtime), image size, encoder weights and ddconfig; a cache
+    built under another fingerprint is rebuilt with the current encoder."""
     dataset, encoder, encoder_path = setup(tmp_path, n=4)
-    LatentCache.load_or_build(tmp_path / "cache.pt", dataset, encoder, "old", CPU)
+    first = cache_fingerprint(dataset, encoder_path, DDCONFIG)
+    cache = LatentCache.load_or_build(tmp_path / "cache.pt", dataset, encoder, first, CPU)
+    # unchanged inputs (and a changed identity embedding, which the latents do not depend on): same fingerprint
+    save_embeddings(tmp_path / "emb.npz", dataset.names, np.ones((4, 4), np.float32))
+    again = FaceEmbeddingDataset(tmp_path / "images", tmp_path / "emb.npz", image_size=16)
+    assert cache_fingerprint(again, encoder_path, DDCONFIG) == first
+    assert torch.equal(LatentCache.load_or_build(tmp_path / "cache.pt", again, encoder, first, CPU).latents, cache.latents)
+    # other encoder weights or settings
     with torch.no_grad():
         encoder.quant_conv.bias.add_(1.0)
-    rebuilt = LatentCache.load_or_build(tmp_path / "cache.pt", dataset, encoder, "new", CPU)
+    torch.save(encoder.state_dict(), encoder_path)
+    new_encoder = cache_fingerprint(again, encoder_path, DDCONFIG)
+    assert new_encoder != first and cache_fingerprint(again, encoder_path, {**DDCONFIG, "ch": 16}) != new_encoder
+    rebuilt = LatentCache.load_or_build(tmp_path / "cache.pt", again, encoder, new_encoder, CPU)
     with torch.no_grad():
-        expected = encoder(dataset[(2, True)][0][None])[0]
+        expected = encoder(again[(2, True)][0][None])[0]
     torch.testing.assert_close(rebuilt.latents[2, 1], expected, atol=1e-5, rtol=1e-5)
+    # a rewritten image (new size / mtime) or another image size
+    image = tmp_path / "images" / "img1.png"
+    mtime = image.stat().st_mtime_ns
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    os.utime(image, ns=(mtime + 10**9, mtime + 10**9))
+    assert cache_fingerprint(again, encoder_path, DDCONFIG) not in (first, new_encoder)
+    resized = FaceEmbeddingDataset(tmp_path / "images", tmp_path / "emb.npz", image_size=8)
+    assert len({cache_fingerprint(resized, encoder_path, DDCONFIG), cache_fingerprint(again, encoder_path, DDCONFIG)}) == 2

@@ -236,7 +236,7 @@ def test_a_rerun_with_other_alignment_or_shard_settings_is_refused(tmp_path: Pat
                                                                    contexts_file: Path) -> None:
     sample(run_dir, contexts_file, tmp_path, "sampling.output=webdataset", "sampling.shard_index=0",
            "sampling.num_shards=2")
-    for override, expected in [("sampling.align.pad=0.1", "align.pad: 0.2 there, 0.1 now"),
+    for override, expected in [("sampling.align.pad=0.1", "align.pad: 0.0 there, 0.1 now"),
                                ("sampling.shards.image_format=png", "shards.image_format: 'jpg' there, 'png' now"),
                                ("sampling.shards.identities_per_shard=3", "shards.identities_per_shard: 2 there, 3")]:
         with pytest.raises(ValueError, match=expected):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,12 +13,20 @@ import evaluation.metrics as im
 from evaluation.identity import consistency, identity_centres, leakage, uniqueness
 from evaluation.metrics import (
     check_embeddings,
+    equal_error_rate,
     error_curves,
+    fnmr_at_fmr,
     genuine_scores,
     impostor_scores,
     verification_metrics,
 )
 from evaluation.summary import plot_det, plot_score_histograms
+from tests.conftest import FIXTURES_DIR
+
+PYEER_DIR = FIXTURES_DIR / "pyeer"
+PYEER_SCORES = np.load(PYEER_DIR / "scores.npz")
+PYEER_STATS = json.loads((PYEER_DIR / "get_eer_stats.json").read_text())
+PYEER_SETS = [name for name in PYEER_STATS if not name.startswith("_")]
 
 
 def phi(x: float) -> float:
@@ -25,12 +34,14 @@ def phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-def test_two_gaussians_match_closed_form() -> None:
+@pytest.mark.parametrize("definition", ["pyeer", "bounded"])
+def test_two_gaussians_match_closed_form(definition: str) -> None:
     """Genuine N(1, 1), impostor N(-1, 1), 10^6 scores each: EER = Phi(-1); FNMR at FMR p = Phi(z_{1-p} - 2)."""
     rng = np.random.default_rng(0)
     genuine = rng.normal(1.0, 1.0, 1_000_000).astype(np.float32)
     impostor = rng.normal(-1.0, 1.0, 1_000_000).astype(np.float32)
-    m = verification_metrics(genuine, impostor)
+    m = verification_metrics(genuine, impostor, definition=definition)
+    assert m["error_rate_definition"] == definition
     assert abs(m["eer"] - phi(-1.0)) < 0.002
     assert abs(m["eer_threshold"]) < 0.02
     z99, z999 = 2.3263478740, 3.0902323062  # standard normal quantiles at 0.99 and 0.999
@@ -40,10 +51,12 @@ def test_two_gaussians_match_closed_form() -> None:
     assert m["fdr"] == pytest.approx(2.0, rel=0.01)
 
 
-def test_hand_made_scores_exact() -> None:
+@pytest.mark.parametrize("definition", ["pyeer", "bounded"])
+def test_hand_made_scores_exact(definition: str) -> None:
+    """Sets on which both definitions agree (the operating points fall exactly on the targets)."""
     genuine = np.array([0.9, 0.8, 0.7, 0.3])
     impostor = np.array([0.1, 0.2, 0.4, 0.6])
-    m = verification_metrics(genuine, impostor)
+    m = verification_metrics(genuine, impostor, definition=definition)
     assert m["eer"] == pytest.approx(0.25, abs=1e-12)  # at t = 0.6: one impostor accepted, one genuine rejected
     assert m["eer_threshold"] == pytest.approx(0.6)
     assert m["fmr100"] == pytest.approx(0.25) and m["fmr1000"] == pytest.approx(0.25)  # FMR 0 needs t > 0.6
@@ -51,13 +64,55 @@ def test_hand_made_scores_exact() -> None:
     assert m["genuine_mean"] == pytest.approx(0.675) and m["impostor_mean"] == pytest.approx(0.325)
     var_g, var_i = np.var(genuine), np.var(impostor)
     assert m["fdr"] == pytest.approx(0.35**2 / (var_g + var_i))
-    # the crossing between two operating points is interpolated: FMR 0 -> 1/2 while FNMR stays 1/2
-    assert verification_metrics(np.array([0.9, 0.4]), np.array([0.5, 0.1]))["eer"] == pytest.approx(0.5)
-    # FMR100 picks the lowest FNMR with FMR <= 1%: 200 impostors, 2 above t = 0.5 -> FMR exactly 1%
+    # FMR and FNMR are both 1/2 at t = 0.5
+    assert verification_metrics(np.array([0.9, 0.4]), np.array([0.5, 0.1]), definition=definition)["eer"] == 0.5
+    # 200 impostors, 2 at or above t = 0.52 -> FMR exactly 1 %, FNMR 1/4
     impostor = np.r_[np.linspace(0.0, 0.4, 198), 0.55, 0.6]
     genuine = np.array([0.3, 0.52, 0.7, 0.8])
-    m = verification_metrics(genuine, impostor)
+    m = verification_metrics(genuine, impostor, definition=definition)
     assert m["fmr100"] == pytest.approx(0.25) and m["fmr1000"] == pytest.approx(0.5)
+
+
+def test_definitions_differ_where_no_threshold_hits_the_target() -> None:
+    """11 of 1,000 impostors tie at 0.99: FMR jumps from 1.1 % to 0. pyeer takes the nearest FMR (1.1 %, at t = 0.95,
+    FNMR 1/4; pyeer 0.5.6 gives 0.25 and FMR1000 0.5); bounded needs FMR <= 1 % (t = 1.2, FNMR 2/4)."""
+    impostor = np.r_[np.linspace(0.0, 0.9, 989), np.full(11, 0.99)]
+    genuine = np.array([0.5, 0.95, 1.2, 1.3])
+    curves = error_curves(genuine, impostor)
+    assert fnmr_at_fmr(curves, 0.01, "pyeer") == 0.25
+    assert fnmr_at_fmr(curves, 0.01, "bounded") == 0.5
+    # EER: at t = 0.3 FMR is 1/4 and FNMR 0, at t = 0.8 FMR 1/4 and FNMR 1/3. pyeer averages the two rates at
+    # the point with the smaller sum (t = 0.3: 1/8; pyeer 0.5.6 gives 0.125 at 0.3); bounded follows the curve
+    # to where FNMR = FMR (1/4, between the two points)
+    curves = error_curves(np.array([0.9, 0.8, 0.3]), np.array([0.85, 0.2, 0.1, 0.05]))
+    assert equal_error_rate(curves, "pyeer") == (0.125, pytest.approx(0.3))
+    assert equal_error_rate(curves, "bounded") == (0.25, pytest.approx(0.3))
+
+
+@pytest.mark.parametrize("name", PYEER_SETS)
+def test_pyeer_definition_reproduces_pyeer(name: str) -> None:
+    """EER, its threshold, FMR100 and FMR1000 equal pyeer's get_eer_stats exactly (count ratios, no float drift)."""
+    genuine, impostor = PYEER_SCORES[f"{name}__genuine"], PYEER_SCORES[f"{name}__impostor"]
+    reference = PYEER_STATS[name]
+    curves = error_curves(genuine, impostor)
+    m = verification_metrics(genuine, impostor, curves)
+    assert m["error_rate_definition"] == "pyeer"
+    assert (m["eer"], m["eer_threshold"]) == (reference["eer"], reference["eer_th"])
+    assert (m["fmr100"], m["fmr1000"]) == (reference["fmr100"], reference["fmr1000"])
+    assert fnmr_at_fmr(curves, 0.0, "pyeer") == reference["fmr0"]  # pyeer never rejects everything
+
+
+@pytest.mark.parametrize("name", PYEER_SETS)
+def test_bounded_definition_is_the_lowest_fnmr_within_the_target(name: str) -> None:
+    """Brute force over every threshold (each distinct score, and rejecting all): min FNMR with FMR <= target."""
+    genuine, impostor = PYEER_SCORES[f"{name}__genuine"], PYEER_SCORES[f"{name}__impostor"]
+    thresholds = np.r_[np.unique(np.r_[genuine, impostor]), np.inf]
+    fmr = (impostor[None, :] >= thresholds[:, None]).mean(axis=1)
+    fnmr = (genuine[None, :] < thresholds[:, None]).mean(axis=1)
+    m = verification_metrics(genuine, impostor, definition="bounded")
+    assert m["fmr100"] == pytest.approx(fnmr[fmr <= 0.01].min(), abs=1e-15)
+    assert m["fmr1000"] == pytest.approx(fnmr[fmr <= 0.001].min(), abs=1e-15)
+    assert m["fmr100"] >= PYEER_STATS[name]["fmr100"] or name == "continuous"  # pyeer's point may lie above 1 %
 
 
 def test_perfect_separation_gives_eer_zero() -> None:
@@ -144,6 +199,8 @@ def test_bad_input_one_clear_line() -> None:
         check_embeddings(np.array([[1.0, 0.0], [0.0, 0.0]]))
     with pytest.raises(ValueError, match="at least 2 identities"):
         impostor_scores(emb[:2], np.array([0, 0]))
+    with pytest.raises(ValueError, match=r"^error-rate definition 'iso' is unknown; expected one of \['bounded', 'pyeer'\]$"):
+        verification_metrics(np.array([0.9]), np.array([0.1]), definition="iso")
 
 
 def test_plots_are_written(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ from hydra.utils import instantiate
 from models.diffusion.unet import ConditionalUNet
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-FIXTURE_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures"
-UNET_FIXTURES = sorted(p.name for p in FIXTURE_DIR.glob("unet_*.pt"))
+UNET_FIXTURES = ["unet_ca_small_4lvl.pt", "unet_ca_small_mult.pt"]
 FIXTURE_OUTPUTS = ("eps", "eps_context_none", "eps_dropout_mask", "time_embedding", "context_projection")
 
 SMALL_ARGS = dict(

@@ -20,26 +20,18 @@ from models.autoencoder.vqgan import (
 from utils.checkpoint import CheckpointError
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "autoencoder" / "vq_f4.yaml"
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "fixtures"
 ATOL = RTOL = 1e-5
 
 
-def _fixture_names(pattern: str) -> list[str]:
-    return sorted(p.name for p in FIXTURES.glob(pattern)) or [f"<no {pattern}>"]
-
-
 def _load(reference_dir: Path, name: str) -> dict:
-    path = reference_dir / "fixtures" / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} is absent")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(reference_dir / "fixtures" / name, map_location="cpu", weights_only=True)
 
 
 def _vq_f4() -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONFIG_PATH))
 
 
-@pytest.mark.parametrize("name", _fixture_names("vq_encoder_*.pt"))
+@pytest.mark.parametrize("name", ["vq_encoder_small.pt"])
 def test_encoder_matches_fixture(reference_dir: Path, name: str) -> None:
     fx = _load(reference_dir, name)
     model = VQEncoderInterface(fx["config"]["ddconfig"], embed_dim=fx["config"]["embed_dim"]).eval()
@@ -52,7 +44,7 @@ def test_encoder_matches_fixture(reference_dir: Path, name: str) -> None:
     torch.testing.assert_close(h_cl, fx["outputs"]["h"], atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("name", _fixture_names("vq_decoder_*.pt"))
+@pytest.mark.parametrize("name", ["vq_decoder_small.pt"])
 @pytest.mark.parametrize("chunk_rows", [4096, 7])
 def test_decoder_matches_fixture(reference_dir: Path, name: str, chunk_rows: int) -> None:
     fx = _load(reference_dir, name)
@@ -67,6 +59,11 @@ def test_decoder_matches_fixture(reference_dir: Path, name: str, chunk_rows: int
         image = model(latent)
         image_raw = model(latent, force_not_quantize=True)
         image_cl = model.to(memory_format=torch.channels_last)(latent.contiguous(memory_format=torch.channels_last))
+    # code indices are compared exactly: on this fixture the nearest code beats the second by >= 2e-3 in squared
+    # distance, far beyond float32 rounding on any CPU (checked here, so the exact check stays justified)
+    flat = latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1]).double()
+    two_nearest = (torch.cdist(flat, model.quantize.embedding.weight.detach().double()) ** 2).topk(2, largest=False).values
+    assert (two_nearest[:, 1] - two_nearest[:, 0]).min() > 1e-3
     assert torch.equal(indices, out["indices"])
     torch.testing.assert_close(quant, out["quant"], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(emb_loss, out["emb_loss"], atol=ATOL, rtol=RTOL)
