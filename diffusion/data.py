@@ -18,11 +18,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from embedding.files import load_embeddings
+from utils.image_io import UnreadablePolicy
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-UNREADABLE_POLICIES = ("skip", "stop")
 _FILL_HINT = (
     "put the FFHQ 128x128 images (ffhq_128) into {images}, then embed them with "
     "`python extract_face_embeddings_from_dir.py input_dir={images} output_file={embeddings}`; "
@@ -75,12 +75,9 @@ class FaceEmbeddingDataset(Dataset):
         on_unreadable: str = "skip",
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
     ) -> None:
-        if on_unreadable not in UNREADABLE_POLICIES:
-            raise DatasetError(f"dataset.on_unreadable must be one of {UNREADABLE_POLICIES}, found {on_unreadable!r}")
         check_data_paths(images_root, embeddings_file)
         self.images_root = Path(images_root)
         self.image_size = int(image_size)
-        self.on_unreadable = on_unreadable
         suffixes = tuple(e.lower() for e in extensions)
         images = {p.stem: p for p in sorted(self.images_root.iterdir()) if p.suffix.lower() in suffixes}
         embeddings = load_embeddings(embeddings_file)
@@ -103,7 +100,7 @@ class FaceEmbeddingDataset(Dataset):
         self.paths = [images[s] for s in stems]
         rows = np.asarray([by_name[s] for s in stems])
         self.contexts = torch.from_numpy(np.ascontiguousarray(embeddings.embeddings[rows]))
-        self.unreadable: set[Path] = set()
+        self.policy = UnreadablePolicy(on_unreadable, "dataset.on_unreadable")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -135,19 +132,8 @@ class FaceEmbeddingDataset(Dataset):
 
         ``used`` is the index of the image returned (``index`` unless it was unreadable).
         """
-        for offset in range(len(self)):
-            candidate = (index + offset) % len(self)
-            try:
-                x = self.read_image(candidate)
-            except DatasetError as err:
-                if self.on_unreadable == "stop":
-                    raise DatasetError(f"{err} (dataset.on_unreadable=stop; use skip to substitute)") from None
-                if self.paths[candidate] not in self.unreadable:
-                    self.unreadable.add(self.paths[candidate])
-                    logger.warning("%s; substituting the next readable image", err)
-                continue
-            return (torch.flip(x, dims=[2]) if flip else x), candidate
-        raise DatasetError(f"no image in {self.images_root} is readable")
+        x, used = self.policy.load(index, len(self), self.read_image, DatasetError, str(self.images_root))
+        return (torch.flip(x, dims=[2]) if flip else x), used
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index, flip) -> (x (3, S, S) in [-1, 1], context (D,))``: the context of the image actually used."""

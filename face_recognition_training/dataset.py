@@ -38,6 +38,8 @@ from torch.utils.data import (
 )
 from torchvision import transforms
 
+from utils.image_io import UnreadablePolicy
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -61,7 +63,6 @@ def decode_image(data: bytes, image_size: int, where: str) -> Image.Image:
         raise ValueError(f"{where}: the image bytes do not decode ({err})") from None
 
 
-UNREADABLE_POLICIES = ("skip", "stop")
 
 
 class UnreadableImageError(ValueError):
@@ -99,10 +100,7 @@ class ClassFolderDataset(Dataset):
         for name, value in (("width", width), ("depth", depth)):
             if value is not None and value < 0:
                 raise ValueError(f"ClassFolderDataset: {name} must be >= 0 (0 = no limit), found {value}")
-        if on_unreadable not in UNREADABLE_POLICIES:
-            raise ValueError(f"data.on_unreadable must be one of {UNREADABLE_POLICIES}, found {on_unreadable!r}")
-        self.on_unreadable = on_unreadable
-        self.unreadable: set[Path] = set()
+        self.policy = UnreadablePolicy(on_unreadable, "data.on_unreadable")
         classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise FileNotFoundError(f"training data root {self.root} contains no identity folders")
@@ -148,22 +146,8 @@ class ClassFolderDataset(Dataset):
 
         An unreadable image is replaced by the next readable sample (``skip``), whose label is returned.
         """
-        for offset in range(len(self)):
-            candidate = (index + offset) % len(self)
-            try:
-                img = self.load_image(candidate)
-            except UnreadableImageError as err:
-                if self.on_unreadable == "stop":
-                    raise UnreadableImageError(f"{err} (data.on_unreadable=stop; set data.on_unreadable=skip to "
-                                               "train on the next readable image instead)") from None
-                path = self.samples[candidate][0]
-                if path not in self.unreadable:
-                    self.unreadable.add(path)
-                    log.warning("%s; using the next readable image instead (%d unreadable so far in this process)",
-                                err, len(self.unreadable))
-                continue
-            return (self.transform(img) if self.transform is not None else img), self.samples[candidate][1]
-        raise UnreadableImageError(f"no image under {self.root} is readable")
+        img, used = self.policy.load(index, len(self), self.load_image, UnreadableImageError, str(self.root))
+        return (self.transform(img) if self.transform is not None else img), self.samples[used][1]
 
 
 def build_transform(augment: str = "none", random_erasing: float = 0.0) -> transforms.Compose:

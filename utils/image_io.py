@@ -13,16 +13,21 @@ their all-black padding tiles are dropped.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils.atomic import atomic_folder, write_atomic
 from utils.names import check_name, safe_child
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 BLOCK_PATTERN = re.compile(r"^(?P<identity>.+)\.grid(?P<rows>\d+)x(?P<cols>\d+)\.png$")
@@ -172,3 +177,35 @@ def read_identity(source: Path, tile_size: int | None = None) -> np.ndarray:
     if BLOCK_PATTERN.match(source.name) or tile_size is not None:
         return read_block(source, tile_size)
     return read_image(source)[None]
+
+
+class UnreadablePolicy:
+    """What a training dataset does with an image that cannot be decoded: ``stop`` or ``skip``.
+
+    ``skip`` substitutes the next readable item (wrapping around) and logs each bad file once per process.
+    ``key`` is the config key (e.g. ``data.on_unreadable``), named in messages.
+    """
+
+    POLICIES = ("skip", "stop")
+
+    def __init__(self, policy: str, key: str) -> None:
+        if policy not in self.POLICIES:
+            raise ValueError(f"{key} must be one of {self.POLICIES}, found {policy!r}")
+        self.policy, self.key = policy, key
+        self.unreadable: set[str] = set()
+
+    def load(self, index: int, count: int, read: Callable[[int], T], error: type[Exception],
+             where: str) -> tuple[T, int]:
+        """``(read(used), used)``: item ``index``, or under ``skip`` the next one ``read`` does not fail on with ``error``."""
+        for offset in range(count):
+            candidate = (index + offset) % count
+            try:
+                return read(candidate), candidate
+            except error as err:
+                if self.policy == "stop":
+                    raise error(f"{err} ({self.key}=stop; set {self.key}=skip to use the next readable image)") from None
+                if str(err) not in self.unreadable:
+                    self.unreadable.add(str(err))
+                    log.warning("%s; using the next readable image instead (%d unreadable so far in this process)",
+                                err, len(self.unreadable))
+        raise error(f"no image in {where} is readable")
