@@ -117,6 +117,11 @@ def _restore_source(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The run folder to resume from, per ``training.checkpoint.restore`` (bool or folder) and ``.path``."""
     restore, path = cfg.training.checkpoint.restore, cfg.training.checkpoint.path
     if restore is None or restore is False or str(restore).lower() == "false":
+        if has_checkpoint(run_dir):  # a fresh start would overwrite that run's checkpoints and metrics
+            raise CheckpointError(
+                f"{run_dir / 'checkpoints'} already holds a training checkpoint; continue that run with "
+                "training.checkpoint.restore=true, or start a new run in another hydra.run.dir"
+            )
         return None
     source = Path(path) if path else run_dir
     if isinstance(restore, str) and restore.lower() != "true":

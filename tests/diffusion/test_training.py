@@ -21,7 +21,7 @@ from diffusion.train_state import has_checkpoint
 from diffusion.training import TrainingError, train
 from embedding.files import save_embeddings
 from models.autoencoder.vqgan import VQDecoderInterface, VQEncoderInterface
-from utils.checkpoint import torch_load
+from utils.checkpoint import CheckpointError, torch_load
 from utils.config import compose
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,10 @@ def test_latent_training_with_tiny_random_vq(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
     assert (tmp_path / "cache.pt").is_file()
+    before = {p: p.read_bytes() for p in expected_files(run, 40)}
+    with pytest.raises(CheckpointError, match="already holds a training checkpoint.*restore=true"):
+        train(compose("train_config", overrides), run_dir=run)  # a fresh start must not overwrite a finished run
+    assert {p: p.read_bytes() for p in expected_files(run, 40)} == before
 
 
 def test_nan_loss_stops_with_checkpoint(tmp_path: Path) -> None:
