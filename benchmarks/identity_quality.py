@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion.generation import load_trained_model
 from testbed.quality import QualityRun, run_setting
-from testbed.report import markdown_table, reference_setting, settings_figure, summary_json
+from testbed.report import markdown_table, reference_setting, settings_figure, summary_json, write_text_atomic
 from testbed.settings import resolve_settings
 from utils.alignment import FaceAligner
 from utils.config import compose, resolve_device
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = run.output_dir
     title = (f"Identity quality of {run.model.name}: {run.n_identities} novel identities x {run.images_per_identity} "
              f"images, {backend_settings(cfg.fr_backend)['name']} embeddings")
-    (out / "report.md").write_text(markdown_table(results, default, title))
-    (out / "report.json").write_text(json.dumps({"title": title, "default": default, "settings": results}, indent=2))
+    write_text_atomic(markdown_table(results, default, title), out / "report.md")
+    write_text_atomic(json.dumps({"title": title, "default": default, "settings": results}, indent=2) + "\n",
+                      out / "report.json")
     settings_figure(images, run.images_per_identity, out / "novel_identities.png", int(cfg.quality.figure_identities))
     log.info("%d settings in %.0f s; report in %s", len(settings), time.perf_counter() - start, out)
     summary = summary_json(results, default)

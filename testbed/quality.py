@@ -31,6 +31,7 @@ from testbed.settings import Setting, setting_contexts
 from utils.alignment import FaceAligner
 from utils.fr_backends import FaceEmbedder
 from utils.identity_blocks import read_image
+from utils.identity_metrics import nearest_similarity
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ def run_setting(run: QualityRun, setting: Setting) -> tuple[dict, np.ndarray]:
     result["pixel_diversity"] = mean_pairwise_distance(pixels, labels, rms=True)
     if setting.contexts.source == "holdout" and len(detected):
         result.update(_source_match(run, contexts.names, faces.embeddings, detected, pixels, labels))
+    if run.train_embeddings is not None and run.train_embeddings.shape[1] == contexts.dim:
+        nearest, _ = nearest_similarity(contexts.embeddings, run.train_embeddings.astype(np.float32))
+        result["context_nearest_train_cos_mean"] = float(nearest.mean())  # how far the contexts are from training faces
     result["contexts"] = contexts.names[: min(m, 8)]
     result["fingerprint"] = _fingerprint(run, setting)
     _save_npz_atomic(run.output_dir / "settings" / f"{setting.name}.npz", images=images, labels=labels,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ SUMMARY_KEYS = ("eer", "fmr100", "fdr", "identity_match", "detected_share", "gen
 COLUMNS = (
     ("EER %", "eer", "%"), ("FMR100 %", "fmr100", "%"), ("FDR", "fdr", ".2f"), ("id match %", "identity_match", "%"),
     ("detected %", "detected_share", "%"), ("genuine", "genuine_mean", ".3f"), ("impostor", "impostor_mean", ".3f"),
-    ("novelty max cos", "novelty_max_cos_mean", ".3f"), ("leakage %", "leakage_share", "%"),
+    ("context to train cos", "context_nearest_train_cos_mean", ".3f"), ("novelty max cos", "novelty_max_cos_mean", ".3f"), ("leakage %", "leakage_share", "%"),
     ("copies %", "copy_share", "%"), ("diversity", "diversity", ".3f"), ("pixel div.", "pixel_diversity", ".3f"),
     ("s/image", "s_per_image", ".3f"),
 )
@@ -61,6 +62,17 @@ def summary_json(results: Mapping[str, dict], default: str) -> dict:
         return None if isinstance(v, float) and math.isnan(v) else v
     return {"default": default,
             "settings": {n: {k: clean(r.get(k)) for k in SUMMARY_KEYS} for n, r in results.items()}}
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` via a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def settings_figure(images: Mapping[str, np.ndarray], images_per_identity: int, path: str | os.PathLike,
