@@ -130,12 +130,16 @@ def identity_quality(
 
     Args:
         embeddings: (N, D) embeddings of the detected images; labels: (N,) identities in 0..n_identities-1.
-        n_identities: M, the identities sampled (some may have lost all images to detection).
+        n_identities: M, the identities sampled; those that lost all their images to detection are
+            left out (``n_identities_scored`` counts the rest).
         train: (R, D) training-face embeddings for novelty/leakage (skipped when None).
     """
+    labels = np.asarray(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_identities):
+        raise ValueError(f"labels must lie in 0..{n_identities - 1} (n_identities={n_identities}), "
+                         f"found {labels.min()}..{labels.max()}")
+    _, labels = np.unique(labels, return_inverse=True)  # identities that lost every image to detection drop out
     embeddings, labels = check_embeddings(embeddings, labels, "generated embeddings")
-    if labels.max() >= n_identities:
-        raise ValueError(f"labels reach {labels.max()} but n_identities={n_identities}")
     genuine = genuine_scores(embeddings, labels)
     if len(genuine) == 0:
         raise ValueError("no identity kept two detected images, so there are no genuine pairs")
@@ -143,7 +147,7 @@ def identity_quality(
     match, n_match = identity_match(embeddings, labels)
     out = {k: v[k] for k in ("eer", "eer_threshold", "fmr100", "fdr", "genuine_mean", "genuine_std",
                              "impostor_mean", "impostor_std")}
-    out.update(identity_match=match, n_identity_match=n_match,
+    out.update(identity_match=match, n_identity_match=n_match, n_identities_scored=int(labels.max()) + 1,
                diversity=mean_pairwise_distance(embeddings, labels))
     if train is not None:
         train, _ = check_embeddings(train, None, "training embeddings")

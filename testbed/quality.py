@@ -133,10 +133,10 @@ def run_setting(run: QualityRun, setting: Setting) -> tuple[dict, np.ndarray]:
     result: dict = {"setting": setting.name, "n_identities": m, "images_per_identity": k,
                     "detected_share": faces.detected_share, "s_per_image": seconds / len(images)}
     detected = labels[faces.detected]
-    if len(np.unique(detected)) >= 2:
+    if len(np.unique(detected)) >= 2 and (np.bincount(detected) >= 2).any():
         result.update(identity_quality(faces.embeddings, detected, m, run.train_embeddings))
     else:
-        log.warning("%s: faces were detected in fewer than two identities; no identity metrics", setting.name)
+        log.warning("%s: too few detected faces for genuine and impostor pairs; no identity metrics", setting.name)
     pixels = images.reshape(len(images), -1).astype(np.float64) / 255.0
     result["pixel_diversity"] = mean_pairwise_distance(pixels, labels, rms=True)
     if setting.contexts.source == "holdout" and len(detected):

@@ -114,9 +114,14 @@ def test_identity_quality_agrees_with_its_parts_and_the_leakage_rule() -> None:
 
 def test_identity_quality_rejects_bad_inputs() -> None:
     e = angles(0, 10, 90, 100)
-    with pytest.raises(ValueError, match="labels reach 1 but n_identities=1"):
+    with pytest.raises(ValueError, match=r"labels must lie in 0..0 \(n_identities=1\), found 0..1"):
         identity_quality(e, np.array([0, 0, 1, 1]), 1)
     with pytest.raises(ValueError, match="no identity kept two detected images"):
         identity_quality(e[:2], np.array([0, 1]), 2)
-    with pytest.raises(ValueError, match="empty identity"):
-        identity_quality(e, np.array([0, 0, 2, 2]), 3)
+
+
+def test_identities_without_detected_images_drop_out() -> None:
+    e = angles(0, 10, 90, 100)
+    gap = identity_quality(e, np.array([0, 0, 2, 2]), 3)  # identity 1 lost all its images
+    assert gap == identity_quality(e, np.array([0, 0, 1, 1]), 2)
+    assert gap["n_identities_scored"] == 2 and gap["identity_match"] == 1.0 and gap["eer"] == 0.0
