@@ -3,6 +3,11 @@
 * :func:`synthetic_uniform`: ``normalize(randn(n, D))``, uniform on the unit sphere (the paper's
   "synthetic uniform" contexts), seeded.
 * :func:`authentic`: the first or a random ``n`` of a real embedding file.
+* :func:`fitted_gaussian`: ``normalize(mu + sum_k sqrt(lambda_k) z_k u_k)``, a Gaussian with the mean
+  and (principal-component) covariance of a training embedding set, seeded: identity vectors of
+  nobody that lie where the training identities lie (Vec2Face samples its identity vectors so).
+  FR spaces such as dlib's are not centred (two people score ~0.8), so uniform vectors are far
+  from every training context.
 * :func:`from_images`: embed a folder of face images with an FR model (two-stage contexts when the
   folder holds samples of an unconditional model).
 * :func:`separability_filter` (from :mod:`embedding.similarity`, re-exported here): greedily keep
@@ -71,6 +76,45 @@ def authentic(path: str | os.PathLike, n: int | None = None, random: bool = Fals
     return EmbeddingSet([contexts.names[i] for i in index], normalize(contexts.embeddings[index]))
 
 
+def fitted_gaussian(
+    path: str | os.PathLike, n: int, seed: int = 0, components: int | None = None, spread: float = 1.0
+) -> EmbeddingSet:
+    """``n`` unit vectors from a Gaussian fitted to the embeddings in ``path``, named ``"0" .. "n-1"``.
+
+    The L2-normalised embeddings e_i (N, D) give the mean ``mu`` and the covariance
+    ``Sigma = sum_i (e_i - mu)(e_i - mu)^T / (N - 1) = U diag(lambda) U^T``. A context is
+    ``c = normalize(mu + spread * sum_{k < K} sqrt(lambda_k) z_k u_k)`` with ``z ~ N(0, I_K)`` over the
+    ``K = components`` largest eigenvalues (all D when None). ``E|mu + U z'|^2 = |mu|^2 + tr(Sigma) ~ 1``
+    for unit data, so the final normalisation is a small correction. The eigenvectors come from float64
+    ``numpy.linalg.eigh``; ``z`` from a seeded CPU ``torch.Generator`` (as :func:`synthetic_uniform`).
+
+    Args:
+        path: embedding file of the training faces (any :func:`load_contexts` format), N >= 2.
+        n: contexts to draw.
+        seed: seed of ``z``.
+        components: K principal components kept (1..D), None = all.
+        spread: scale of the deviation from the mean (1 = the fitted covariance; < 1 nearer the mean).
+    """
+    if n < 1:
+        raise ValueError(f"fitted_gaussian needs n >= 1, found n={n}")
+    if not np.isfinite(spread) or spread < 0:
+        raise ValueError(f"contexts.spread must be a finite number >= 0, found {spread}")
+    data = load_contexts(path)
+    if len(data) < 2:
+        raise ValueError(f"{path} holds {len(data)} embedding(s); fitting a Gaussian needs at least 2")
+    e = normalize(data.embeddings).astype(np.float64)  # (N, D)
+    k = data.dim if components is None else int(components)
+    if not 1 <= k <= data.dim:
+        raise ValueError(f"contexts.pca_components must be in [1, {data.dim}] for {path}, found {components}")
+    mu = e.mean(axis=0)  # (D,)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(e, rowvar=False))  # ascending
+    scales = np.sqrt(np.clip(eigenvalues[::-1][:k], 0.0, None))  # (K,) largest first
+    basis = eigenvectors[:, ::-1][:, :k]  # (D, K)
+    z = torch.randn(n, k, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).numpy()
+    contexts = mu + spread * (z * scales) @ basis.T  # (n, D)
+    return EmbeddingSet([str(i) for i in range(n)], normalize(contexts))
+
+
 def from_images(image_paths: Sequence[Path], embed: EmbedFn, batch_size: int = 64) -> EmbeddingSet:
     """Embed face images (one context per image, named by the file stem).
 
@@ -131,6 +175,11 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
         if c.embeddings_file is None:
             raise ValueError("contexts.source=authentic needs contexts.embeddings_file (an embedding file of real faces)")
         contexts = authentic(c.embeddings_file, n, bool(c.random), int(c.seed))
+    elif c.source == "fitted_gaussian":
+        if c.embeddings_file is None:
+            raise ValueError("contexts.source=fitted_gaussian needs contexts.embeddings_file (the training embeddings to fit)")
+        contexts = fitted_gaussian(c.embeddings_file, n or 15000, int(c.seed),
+                                   None if c.pca_components is None else int(c.pca_components), float(c.spread))
     elif c.source == "from_images":
         folder = Path(str(c.images_dir)) if c.images_dir is not None else None
         if folder is None or not folder.is_dir():
@@ -141,7 +190,8 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
         backend = build_backend(c.fr_backend, device=cfg.device)
         contexts = from_images(paths[:n], backend.embed, backend.batch_size)
     else:
-        raise ValueError(f"contexts.source must be synthetic_uniform, authentic or from_images, found {c.source!r}")
+        raise ValueError(f"contexts.source must be synthetic_uniform, fitted_gaussian, authentic or from_images, "
+                         f"found {c.source!r}")
     if c.separability_threshold is not None:
         keep = separability_filter(contexts.embeddings, float(c.separability_threshold))
         log.info("separability filter (cosine < %s): kept %d of %d contexts", c.separability_threshold, len(keep), len(contexts))

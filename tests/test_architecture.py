@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "dataset_building": {"utils", "alignment", "embedding", "evaluation"},
     "diffusion": {"utils", "models", "alignment", "embedding", "contexts", "dataset_building"},
     "face_recognition_training": {"utils", "models", "evaluation", "dataset_building"},
+    "testbed": {"utils", "models", "alignment", "embedding", "evaluation", "contexts", "diffusion"},
 }
 APPLICATIONS = {"cpu_demo", "cli"}  # may import every package below; no package imports them
 PACKAGES = set(ALLOWED) | APPLICATIONS
