@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from embedding.backends import build_backend
 from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
+from utils.atomic import write_text_atomic
 from utils.checkpoint import save_atomic
 from utils.image_io import IMAGE_SUFFIXES, natural_key, read_image
 
@@ -134,7 +135,10 @@ def save_original_contexts(path: str | os.PathLike, contexts: EmbeddingSet) -> P
 
 
 def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
-    """``create_sample_identity_contexts.py``: build, optionally filter, and write ``<name>.npy`` (original) + ``<name>.npz``."""
+    """``create_sample_identity_contexts.py``: build, optionally filter, and write ``<name>.npy`` (original) + ``<name>.npz``.
+
+    ``<name>.yaml`` beside them records the config (source, seed, filter), read by :mod:`dataset_building.card`.
+    """
     c = cfg.contexts
     n = None if c.n is None else int(c.n)
     if c.source == "synthetic_uniform":
@@ -160,5 +164,6 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
     out_dir = Path(c.out_dir)
     original = save_original_contexts(out_dir / f"{name}.npy", contexts)
     ours = save_embeddings(out_dir / f"{name}.npz", contexts.names, contexts.embeddings)
+    write_text_atomic(out_dir / f"{name}.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # settings, for dataset cards
     log.info("wrote %d contexts of dimension %d to %s and %s", len(contexts), contexts.dim, original, ours)
     return original, ours
