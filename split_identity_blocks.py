@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument("--identities", type=int, default=None, help="keep exactly N identities (natural name order)")
     parser.add_argument("--images-per-identity", type=int, default=None, help="keep exactly K images per identity")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side of original blocks without a .grid tag")
+    parser.add_argument("--evaluation-report", default=None, help="evaluate.py's report.json, for the dataset card")
+    parser.add_argument("--filter-report", default=None, help='a filter report {"dropped": ..., "settings": ...}')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return split_identities(args.input_dir, args.output_dir, args.min_images, args.identities,
-                            args.images_per_identity, args.tile_size)
+                            args.images_per_identity, args.tile_size, args.evaluation_report, args.filter_report)
 
 
 if __name__ == "__main__":

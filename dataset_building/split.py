@@ -3,7 +3,8 @@
 Blocks (``<id>.grid<r>x<c>.png``) or per-identity folders -> ``<out>/<identity>/<k>.png``, keeping
 identities with enough images and optionally exactly N identities x K images (the paper cut 10,050
 aligned identities to 10,000 x 50). Identities whose folder exists are skipped; every folder is
-written under a temporary name and renamed.
+written under a temporary name and renamed. ``dataset_card.md``/``.json`` describe the result
+(:mod:`dataset_building.card`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dataset_building.card import count_class_folders, write_dataset_card
 from utils.image_io import (
     BLOCK_PATTERN,
     discover_identities,
@@ -41,6 +43,8 @@ def split_identities(
     identities: int | None = None,
     images_per_identity: int | None = None,
     tile_size: int | None = None,
+    evaluation_report: str | os.PathLike | None = None,
+    filter_report: str | os.PathLike | None = None,
 ) -> dict[str, int]:
     """Write ``<output_dir>/<identity>/<k>.png`` for every identity of ``input_dir`` that qualifies.
 
@@ -51,6 +55,8 @@ def split_identities(
         images_per_identity: keep exactly this many images per identity (the first K); identities with
             fewer are dropped.
         tile_size: tile side of original blocks without a ``.grid`` tag.
+        evaluation_report, filter_report: ``evaluate.py``'s ``report.json`` and a filter step's report,
+            for the dataset card.
     Returns:
         ``{"identities": kept, "images": kept images, "too_few": identities with too few images,
         "left_out": qualifying identities beyond ``identities``}``.
@@ -77,4 +83,8 @@ def split_identities(
     summary = {"identities": len(eligible), "images": images, "too_few": too_few,
                "left_out": len(sources) - too_few - len(eligible)}
     log.info("split %s -> %s: %s", input_dir, out_dir, summary)
+    settings = {"min_images": int(min_images), "identities": identities, "images_per_identity": images_per_identity,
+                "tile_size": tile_size, **summary}
+    write_dataset_card(out_dir, input_dir, {"tool": "split_identity_blocks.py", "settings": settings},
+                       count_class_folders(out_dir), evaluation_report, filter_report)
     return summary
