@@ -105,8 +105,10 @@ def describe_licences(card: dict, missing: Missing) -> dict:
          "licence": "MIT (CompVis/latent-diffusion); trained on FFHQ"},
     ]
     models = fr_models(card, missing)
-    licences += [{"component": m["name"] or f"unidentified FR model ({m['evidence']})", "applies": True,
-                  "because": f"{m['role']}: {m['evidence']}", "licence": m["licence"]} for m in models]
+    for key in dict.fromkeys(m["model"] for m in models if m["model"]):  # one row per model, all its roles
+        uses = [m for m in models if m["model"] == key]
+        licences.append({"component": uses[0]["name"], "applies": True, "licence": uses[0]["licence"],
+                         "because": "; ".join(f"{m['role']}: {m['evidence']}" for m in uses)})
     if card.get("alignment") is not None:
         licences.append({"component": "MTCNN weights of facenet-pytorch", "applies": True,
                          "because": "align.py detected the faces", "licence": "MIT"})

@@ -20,6 +20,7 @@ import dataset_building.card as card_module
 from alignment.blocks import align_identities
 from contexts.sources import contexts_from_config
 from dataset_building.card import CARD_JSON, CARD_MD, checkpoint_file, record_derivation, update_card
+from dataset_building.card_render import describe_licences, size_category
 from dataset_building.export import export_dataset
 from dataset_building.split import split_identities
 from diffusion.generation import checkpoint_path
@@ -305,3 +306,20 @@ def test_bad_reports_are_refused_in_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("which", ["ema", "raw", "125000"])
 def test_checkpoint_file_names_match_sample_py(tmp_path: Path, which: str) -> None:
     assert checkpoint_file(tmp_path, which) == checkpoint_path(tmp_path, which)
+
+
+def test_fr_models_by_dimension_one_licence_row_per_model() -> None:
+    notes: dict[str, str] = {}
+    card = {"generator": {"run_config": {"constants": {"context_dim": 128}, "autoencoder": {}},
+                          "latent_diffusion": False},
+            "identity_quality": {"dataset": {"dim": 128}}, "alignment": None}
+    described = describe_licences(card, notes.setdefault)
+    assert [m["model"] for m in described["fr_models"]] == ["dlib", "dlib"]
+    rows = [row for row in described["licences"] if row["component"].startswith("dlib")]
+    assert len(rows) == 1 and rows[0]["because"].count("128") == 2
+    assert described["license"] == "unknown" and "license" in notes  # a pixel-space run of unrecorded images
+    card["identity_quality"]["dataset"]["dim"] = 64
+    described = describe_licences(card, notes.setdefault)
+    assert [m["model"] for m in described["fr_models"]] == ["dlib", None]
+    assert any(field.startswith("fr_models.") and "64" in why for field, why in notes.items())
+    assert size_category(999) == "n<1K" and size_category(15_000_000) == "10M<n<100M"
