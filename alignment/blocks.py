@@ -3,9 +3,10 @@
 :func:`align_identities` detects the central face of each tile with MTCNN, batched
   over tiles of several identities, and warp it onto the 112x112 ArcFace template. A tile without a
   face is resized (``just_resize_if_fail=True``, what the original meant to do) or dropped. A JSON
-  report counts detected / resized / dropped tiles per identity and lists the unreadable files,
-  which are skipped. Identities whose output already exists are skipped, and every identity is
-  written atomically.
+  report counts detected / resized / dropped tiles per identity, lists the unreadable files (which are
+  skipped) and records the input folder and the settings (the link the dataset card follows back to
+  the samples). Identities whose output already exists are skipped, and every identity is written
+  atomically.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from alignment.aligner import FaceAligner
@@ -95,6 +96,7 @@ def align_identities(
     output: str = "block",
     batch_size: int = 64,
     report_path: str | os.PathLike | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """Align every identity of ``input_dir`` (blocks, identity folders or single images) into ``output_dir``.
 
@@ -106,9 +108,10 @@ def align_identities(
         output: ``block`` (``<id>.grid<r>x<c>.png``) or ``files`` (``<id>/<k>.png``).
         batch_size: tiles per MTCNN call, gathered across identities.
         report_path: JSON report (default ``<output_dir>/alignment_report.json``); merged on resume.
+        settings: recorded in the report as ``settings`` (``align.py`` passes its ``align`` config).
     Returns:
         The report: ``{"identities": {id: {"detected", "resized", "dropped"}}, "unreadable": {id: [file: reason]},
-        "totals": {...}, ...}``.
+        "totals": {...}, "input_dir": absolute input folder, "settings": {...}, "just_resize_if_fail": bool}``.
     Raises:
         ValueError: ``input_dir`` holds no identity, or none of its images could be read.
     """
@@ -118,6 +121,9 @@ def align_identities(
     report_path = Path(report_path) if report_path is not None else out_dir / "alignment_report.json"
     report: dict = json.loads(report_path.read_text()) if report_path.is_file() else {"identities": {}}
     report.setdefault("unreadable", {})
+    report["input_dir"] = str(Path(input_dir).resolve())
+    report["settings"] = {"template": template, "size": int(size), "tile_size": tile_size, "output": output,
+                          "batch_size": int(batch_size), **(settings or {})}
     sources = discover_identities(input_dir)
     if not sources:
         raise ValueError(f"align.input_dir={input_dir} holds no identity blocks, identity folders or images")
@@ -180,4 +186,5 @@ def align_from_config(cfg: DictConfig) -> dict:
     aligner = FaceAligner(device=cfg.device, min_face_size=int(a.min_face_size), thresholds=list(a.thresholds),
                           batch_size=int(a.batch_size), pad=float(a.pad))
     return align_identities(a.input_dir, a.output_dir, aligner, bool(a.just_resize_if_fail), a.template, int(a.size),
-                            a.tile_size, a.output, int(a.batch_size), a.report)
+                            a.tile_size, a.output, int(a.batch_size), a.report,
+                            settings=OmegaConf.to_container(a, resolve=True))

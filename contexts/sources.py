@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from embedding.backends import build_backend
 from embedding.encoding import backend_rules
 from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
 from embedding.similarity import separability_filter
+from utils.atomic import write_text_atomic
 from utils.checkpoint import save_atomic
 from utils.image_io import IMAGE_SUFFIXES, natural_key, read_image
 from utils.settings import Choice, Number, check_settings
@@ -165,7 +166,10 @@ def save_original_contexts(path: str | os.PathLike, contexts: EmbeddingSet) -> P
 
 
 def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
-    """``create_sample_identity_contexts.py``: build, optionally filter, and write ``<name>.npy`` (original) + ``<name>.npz``."""
+    """``create_sample_identity_contexts.py``: build, optionally filter, and write ``<name>.npy`` (original) + ``<name>.npz``.
+
+    ``<name>.yaml`` beside them records the config (source, seed, filter), read by :mod:`dataset_building.card`.
+    """
     check_settings(cfg, SETTINGS)
     c = cfg.contexts
     n = None if c.n is None else int(c.n)
@@ -200,5 +204,6 @@ def contexts_from_config(cfg: DictConfig) -> tuple[Path, Path]:
     out_dir = Path(c.out_dir)
     original = save_original_contexts(out_dir / f"{name}.npy", contexts)
     ours = save_embeddings(out_dir / f"{name}.npz", contexts.names, contexts.embeddings)
+    write_text_atomic(out_dir / f"{name}.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # settings, for dataset cards
     log.info("wrote %d contexts of dimension %d to %s and %s", len(contexts), contexts.dim, original, ours)
     return original, ours

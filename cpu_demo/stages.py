@@ -27,6 +27,7 @@ from cpu_demo.data import (
     person_centres,
     person_of,
 )
+from dataset_building.card import record_derivation, update_card
 from dataset_building.split import split_identities
 from diffusion.generation import sample_from_config, samples_dir
 from diffusion.train_state import OPTIMIZATION_FILE, has_checkpoint
@@ -197,6 +198,7 @@ def upscale_blocks(input_dir: Path, output_dir: Path, size: int) -> int:
             continue
         big = [np.asarray(Image.fromarray(t).resize((size, size), Image.BICUBIC)) for t in tiles]
         write_block(output_dir, identity, np.stack(big))
+    record_derivation(output_dir, input_dir, "cpu_demo upscale_blocks", {"size": size, "resample": "bicubic"})
     return count
 
 
@@ -260,6 +262,7 @@ def stage_evaluate(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
         f"evaluate.output_dir={run.path('evaluation')}", "evaluate.impostor_pairs=null", f"evaluate.seed={run.seed}",
         f"evaluate.thresholds.uniqueness={t}", f"evaluate.thresholds.consistency={t}", f"evaluate.thresholds.leakage={t}",
     ]))
+    update_card(run.path("dataset"), evaluation_report=run.path("evaluation") / "report.json")
     v = report["verification"]
     keys = ("error_rate_definition", "eer", "eer_threshold", "fmr100", "fmr1000", "auc", "genuine_mean", "genuine_std",
             "impostor_mean", "impostor_std", "n_genuine", "n_impostor")

@@ -10,19 +10,23 @@ Each process (``export.shard_index``/``export.num_shards``, or torchrun's RANK/W
 its shard files (:class:`dataset_building.shards.ShardSetWriter`); a rerun continues with the next
 unfinished one. With ``export.stage=all`` the process that finds every shard file written then runs
 :func:`dataset_building.merge.finalize` (the ``rec`` merge and ``export_summary.json``);
-``export.stage=finalize`` runs only that step.
+``export.stage=finalize`` runs only that step. The process that finalizes writes ``dataset_card.md`` and
+``dataset_card.json`` (:mod:`dataset_building.card`; ``export.card.*`` names the evaluation and filter reports).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from dataset_building.merge import finalize
+from dataset_building.card import write_dataset_card
+from dataset_building.merge import REC_FILES, finalize
 from dataset_building.shards import (
+    SUMMARY,
     ShardPlan,
     ShardSetWriter,
 )
@@ -100,5 +104,30 @@ def export_dataset(cfg: DictConfig) -> dict | None:
                 writer.add(name, images[: e.images_per_identity or None])
     if e.stage == "shards":
         return None
-    return finalize(e.output, plan, e.format, e.image_format, int(e.image_size), e.rec.shuffle_seed, bool(e.rec.header),
-                    bool(e.rec.keep_shards))
+    summary = finalize(e.output, plan, e.format, e.image_format, int(e.image_size), e.rec.shuffle_seed,
+                       bool(e.rec.header), bool(e.rec.keep_shards))
+    if summary is not None:
+        write_export_card(cfg)
+    return summary
+
+
+def card_contents(out_dir: Path) -> dict:
+    """What an export wrote (from its ``export_summary.json``, plus file sizes) for the dataset card."""
+    summary = json.loads((out_dir / SUMMARY).read_text())
+    fmt = summary["format"]
+    if fmt == "rec":
+        files = [{"file": name, "bytes": (out_dir / name).stat().st_size} for name in REC_FILES]
+    else:
+        files = [{**shard, "bytes": (out_dir / shard["file"]).stat().st_size} for shard in summary["shards"]]
+    return {"format": fmt, "identities": summary["num_classes"], "images": summary["num_images"],
+            "images_per_identity": summary["images_per_identity"], "image_size": summary["image_size"],
+            "image_format": summary["image_format"], "rec": summary.get("rec"), "files": files}
+
+
+def write_export_card(cfg: DictConfig) -> dict:
+    """``dataset_card.md``/``.json`` in ``export.output``, its provenance followed back from ``export.input``."""
+    e = cfg.export
+    settings = {k: v for k, v in OmegaConf.to_container(e, resolve=True).items()
+                if k not in ("shard_index", "stage", "card")}
+    return write_dataset_card(e.output, e.input, {"tool": "export_dataset.py", "settings": settings},
+                              card_contents(Path(e.output)), e.card.evaluation_report, e.card.filter_report)

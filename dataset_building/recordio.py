@@ -117,7 +117,11 @@ def frame(payload: bytes) -> bytes:
     """The bytes dmlc-core writes for one record: parts cut at 4-aligned magic numbers, each padded."""
     if len(payload) >= MAX_PART:
         raise ValueError(f"RecordIO records must be shorter than 2**29 bytes, found {len(payload)}")
-    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i : i + 4] == MAGIC_BYTES]
+    cuts, i = [], payload.find(MAGIC_BYTES)
+    while i >= 0:  # bytes.find, not a Python loop over every 4 bytes (1.3 ms per 8 KB image)
+        if i % 4 == 0:
+            cuts.append(i)
+        i = payload.find(MAGIC_BYTES, i + (4 if i % 4 == 0 else 1))
     if not cuts:
         return _part(0, payload)
     parts, start = [], 0

@@ -7,6 +7,7 @@ identities and their kept images are used, then cut to N x K. Identities whose f
 skipped; every folder is written under a temporary name and renamed, and the temporaries a killed
 run left are removed on the rerun. Every identity name is checked (:func:`utils.names.check_names`)
 before anything is written.
+``dataset_card.md``/``.json`` describe the result (:mod:`dataset_building.card`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from dataset_building.card import count_class_folders, write_dataset_card
 from dataset_building.filter_report import FilterReport
 from utils.atomic import remove_temporaries
 from utils.image_io import (
@@ -71,6 +73,7 @@ def split_identities(
     images_per_identity: int | None = None,
     tile_size: int | None = None,
     filter_report: str | os.PathLike | None = None,
+    evaluation_report: str | os.PathLike | None = None,
 ) -> dict[str, int]:
     """Write ``<output_dir>/<identity>/<k>.png`` for every identity of ``input_dir`` that qualifies.
 
@@ -82,7 +85,8 @@ def split_identities(
             fewer are dropped.
         tile_size: tile side of original blocks without a ``.grid`` tag.
         filter_report: a report of ``filter_identities.py``: only its kept identities (in its order) and
-            their kept images are used, before the cuts above.
+            their kept images are used, before the cuts above; the dataset card records it.
+        evaluation_report: ``evaluate.py``'s ``report.json`` of this dataset, for the dataset card.
     Returns:
         ``{"identities": kept, "images": kept images, "too_few": identities with too few images,
         "left_out": qualifying identities beyond ``identities``}``.
@@ -120,6 +124,10 @@ def split_identities(
     summary = {"identities": len(eligible), "images": images, "too_few": too_few,
                "left_out": len(sources) - too_few - len(eligible)}
     log.info("split %s -> %s: %s", input_dir, out_dir, summary)
+    settings = {"min_images": int(min_images), "identities": identities, "images_per_identity": images_per_identity,
+                "tile_size": tile_size, **summary}
+    write_dataset_card(out_dir, input_dir, {"tool": "split_identity_blocks.py", "settings": settings},
+                       count_class_folders(out_dir), evaluation_report, filter_report)
     return summary
 
 
@@ -128,4 +136,4 @@ def split_from_config(cfg: DictConfig) -> dict[str, int]:
     check_settings(cfg, SETTINGS)
     c = cfg.split
     return split_identities(c.input_dir, c.output_dir, int(c.min_images), c.identities, c.images_per_identity,
-                            c.tile_size, c.filter_report)
+                            c.tile_size, c.filter_report, c.evaluation_report)

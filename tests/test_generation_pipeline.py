@@ -102,7 +102,9 @@ def test_contexts_sample_align_split(tmp_path: Path, latent: bool) -> None:
     split = split_from_config(compose("split_config", [
         f"split.input_dir={aligned}", f"split.output_dir={dataset}", "split.identities=2", "split.images_per_identity=5"]))
     assert split == {"identities": 2, "images": 10, "too_few": 0, "left_out": 1}
-    assert sorted(p.name for p in dataset.iterdir()) == ["0", "1"]
+    assert sorted(p.name for p in dataset.iterdir()) == ["0", "1", "dataset_card.json", "dataset_card.md"]
+    card = json.loads((dataset / "dataset_card.json").read_text())  # the chain reaches the run (tests/dataset_building)
+    assert card["generator"]["run_name"] == "tiny-run" and card["contexts"]["source"] == "synthetic_uniform"
     assert sorted(p.name for p in (dataset / "0").iterdir()) == [f"{k}.png" for k in range(5)]
 
     # the same in one step: sample.py aligns in-process and writes the class folders export_dataset.py writes
@@ -194,6 +196,6 @@ def test_split_min_images_and_too_few_identities(tmp_path: Path) -> None:
     write_block(tmp_path / "in", "b", images[:2])
     summary = split_identities(tmp_path / "in", tmp_path / "out", min_images=3)
     assert summary == {"identities": 1, "images": 5, "too_few": 1, "left_out": 0}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["a"]
     with pytest.raises(ValueError, match="only 1 of 2 identities have >= 3 images, fewer than --identities 2"):
         split_identities(tmp_path / "in", tmp_path / "o2", identities=2, images_per_identity=3)

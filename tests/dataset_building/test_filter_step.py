@@ -1,6 +1,7 @@
 """The filter step end to end: blocks + embeddings -> filter_identities.py (composed config) -> split with the report."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ def test_filter_then_split_gives_exactly_n_by_k_of_the_kept_images(tmp_path: Pat
     summary = split_old_command_line([str(tmp_path / "aligned"), str(out), "--filter-report", str(path),
                                           "--identities", "8", "--images-per-identity", "5"])
     assert summary == {"identities": 8, "images": 40, "too_few": 0, "left_out": 0}
-    assert sorted(p.name for p in out.iterdir()) == sorted(report.identities)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(report.identities)
+    card = json.loads((out / "dataset_card.json").read_text())  # the card records the filter step
+    assert card["filters"]["dropped"] == report.counts and card["filters"]["kept_images"] == report.kept_images
     for identity, entry in report.identities.items():
         files = sorted((out / identity).iterdir(), key=lambda p: int(p.stem))
         tiles = [read_image(f) for f in files]
@@ -80,7 +83,7 @@ def test_filter_then_split_gives_exactly_n_by_k_of_the_kept_images(tmp_path: Pat
     # a further cut of a report's set: the first N in its order, the first K of each identity's kept images
     summary = split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "small"), "--filter-report",
                                           str(path), "--identities", "3", "--images-per-identity", "2"])
-    assert summary["identities"] == 3 and sorted(p.name for p in (tmp_path / "small").iterdir()) == ["0", "1", "2"]
+    assert summary["identities"] == 3 and sorted(p.name for p in (tmp_path / "small").iterdir() if p.is_dir()) == ["0", "1", "2"]
     with pytest.raises(ValueError, match=r"only 0 of 8 identities have >= 6 images, fewer than --identities 8"):
         split_old_command_line([str(tmp_path / "aligned"), str(tmp_path / "x"), "--filter-report", str(path),
                                     "--identities", "8", "--images-per-identity", "6"])

@@ -51,6 +51,25 @@ def test_payloads_are_cut_at_aligned_magic_numbers(payload: bytes, expected: byt
     assert unframe(io.BytesIO(expected)) == payload
 
 
+def test_cuts_equal_a_scan_of_every_aligned_position() -> None:
+    """Random payloads with magic numbers planted anywhere (overlapping, unaligned): the parts are cut exactly
+    at the 4-aligned ones, as dmlc-core's writer scans every 4th position."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        payload = bytearray(rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes())
+        for at in rng.integers(0, len(payload) + 1, int(rng.integers(0, 6))):
+            payload[at:at] = M
+        payload = bytes(payload)
+        cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i : i + 4] == M]
+        ends = [*cuts[1:], len(payload)] if cuts else []
+        pieces = [payload[: cuts[0]] if cuts else payload] + [payload[a + 4 : b] for a, b in zip(cuts, ends, strict=True)]
+        flags = [0] if not cuts else [1] + [2] * (len(cuts) - 1) + [3]
+        expected = b"".join(M + lrec(f, len(d)) + d + b"\0" * (-len(d) % 4)
+                            for f, d in zip(flags, pieces, strict=True))
+        assert frame(payload) == expected
+        assert unframe(io.BytesIO(expected)) == payload
+
+
 def test_pack_follows_mxnet_header_layout() -> None:
     record = pack(17, b"IMG", key=5)
     assert record == struct.pack("<IfQQ", 0, 17.0, 5, 0) + b"IMG" and len(record) == 24 + 3
