@@ -16,6 +16,7 @@ from diffusion.ddpm import (
     load_diffusion_checkpoint,
 )
 from diffusion.samplers import DDPMSampler
+from diffusion.sampling_settings import SamplerSettings
 from diffusion.schedules import SCHEDULE_BUFFERS
 from utils.checkpoint import CheckpointError, save_atomic
 from utils.config import compose
@@ -176,3 +177,22 @@ def test_full_size_checkpoint_manifest(reference_dir):
     manifest = json.loads((reference_dir / "manifests" / "idiff_face_checkpoint_ema_averaged_model_cpd25.json").read_text())
     ours = [[k, list(v.shape)] for k, v in ddpm.state_dict().items()]
     assert ours == [[k, shape] for k, shape, _ in manifest]
+
+
+def test_preset_original_is_the_original_chain_whatever_the_defaults(fixture):
+    """``preset=original`` gives the original's sampler over sample_config.yaml's own defaults (all T DDPM
+    steps, fp32, no guidance, no clipping), and that sampler reproduces the original's whole chain."""
+    cfg = compose("sample_config", ["preset=original"])
+    settings = SamplerSettings.from_config(cfg.sampling)
+    assert (settings.guidance_scale, settings.negative.active, settings.amp, settings.clip_x0) == (1.0, False, None, None)
+    assert cfg.sampling.batch_size == cfg.sampling.micro_batch == 50  # one identity of 50 images per batch
+    # a setting given on the command line still wins over the preset
+    assert compose("sample_config", ["preset=original", "sampling.batch_size=10"]).sampling.batch_size == 10
+    ddpm = make_ddpm(**fixture["config"]["constructor_args"])
+    sampler = settings.build_sampler(ddpm)
+    assert isinstance(sampler, DDPMSampler) and sampler.timesteps == list(range(ddpm.T - 1, -1, -1))
+    chain_in, chain_out = fixture["inputs"]["chain"], fixture["outputs"]["chain"]
+    x = chain_in["x_T"]
+    for k, t in enumerate(sampler.timesteps):
+        x = sampler.step(ddpm.eps_model(x, torch.full((2,), t)), t, x, chain_in["z"][k] if sampler.needs_noise(t) else None)
+    torch.testing.assert_close(x, chain_out["x_0"], **CHAIN_TOL)
