@@ -15,6 +15,10 @@ identity labels ``(N,)`` in 0..M-1 (the context that made them), and for novelty
   their own mean genuine score ``g_k`` (a training face is as close to them as they are to themselves).
 * diversity: the mean over identities of the mean pairwise L2 distance of its unit embeddings
   (``sqrt(2 - 2 cos)``); pixel diversity: the same with the RMS difference of the images in [0, 1].
+* confidence intervals (:func:`identity_bootstrap`): identities are the sampling unit, so the 95 %
+  intervals of the EER and of the identity match resample identities with replacement (B times):
+  identity k drawn w_k times weighs its genuine pairs by w_k and a pair of identities k != l by
+  w_k w_l; the EER of a draw is where its weighted FMR and FNMR curves cross.
 * source match (held-out contexts): share of images whose nearest source (the held-out face whose
   embedding was the context), by embedding or by pixels, is their own source.
 """
@@ -33,14 +37,9 @@ def _groups(labels: np.ndarray) -> list[np.ndarray]:
     return [order[bounds[k] : bounds[k + 1]] for k in range(len(bounds) - 1)]
 
 
-def identity_match(embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-    """Share of images nearest (cosine) to their own leave-one-out identity centre; and how many took part.
-
-    Args:
-        embeddings: (N, D) unit rows; labels: (N,) identities 0..M-1.
-    Returns:
-        (share, n) over the n images whose identity has at least two images.
-    """
+def _own_centre_matches(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: whether its nearest (cosine) identity centre is its own leave-one-out centre, and whether
+    its identity has the two images that needs. Returns (matched (N,) bool, valid (N,) bool)."""
     n_ids = int(labels.max()) + 1
     sums = np.zeros((n_ids, embeddings.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, embeddings.astype(np.float64))
@@ -51,9 +50,20 @@ def identity_match(embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, i
     own = np.einsum("nd,nd->n", embeddings, own_sum) / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12)
     scores[np.arange(len(labels)), labels] = own
     valid = counts[labels] >= 2
+    return (scores.argmax(axis=1) == labels) & valid, valid
+
+
+def identity_match(embeddings: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """Share of images nearest (cosine) to their own leave-one-out identity centre; and how many took part.
+
+    Args:
+        embeddings: (N, D) unit rows; labels: (N,) identities 0..M-1.
+    Returns:
+        (share, n) over the n images whose identity has at least two images.
+    """
+    matched, valid = _own_centre_matches(embeddings, labels)
     if not valid.any():
         return float("nan"), 0
-    matched = scores.argmax(axis=1) == labels
     return float(matched[valid].mean()), int(valid.sum())
 
 
@@ -118,6 +128,60 @@ def source_match(features: np.ndarray, labels: np.ndarray, sources: np.ndarray, 
     return float((nearest == labels).mean())
 
 
+def crossing_eer(scores: np.ndarray, is_genuine: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """EER of weighted pair scores, sorted ascending: at the threshold where FNMR(t) (share of genuine
+    weight below t) meets FMR(t) (share of impostor weight at or above t), the mean of the two rates.
+
+    Args:
+        scores: (P,) ascending; is_genuine: (P,) bool; weights: (P,) >= 0 (None = 1 each).
+    """
+    weights = np.ones(len(scores)) if weights is None else weights
+    g = np.where(is_genuine, weights, 0.0)
+    i = weights - g
+    fnmr = np.concatenate([[0.0], np.cumsum(g)]) / g.sum()  # (P+1,) threshold just above the first k scores
+    fmr = 1.0 - np.concatenate([[0.0], np.cumsum(i)]) / i.sum()
+    between = np.concatenate([[True], scores[1:] > scores[:-1], [True]])  # thresholds never split tied scores
+    fnmr, fmr = fnmr[between], fmr[between]
+    k = int(np.argmin(np.abs(fnmr - fmr)))
+    return float((fnmr[k] + fmr[k]) / 2)
+
+
+def identity_bootstrap(embeddings: np.ndarray, labels: np.ndarray, n_boot: int = 200, seed: int = 0,
+                       level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals of the EER and the identity match over identity resamples (module docstring).
+
+    Args:
+        embeddings: (N, D) unit rows; labels: (N,) identities 0..M-1, M >= 2.
+    Returns:
+        ``{"eer_ci": [low, high], "identity_match_ci": [low, high]}`` (fractions).
+    """
+    labels = np.asarray(labels)
+    n_ids = int(labels.max()) + 1
+    if n_ids < 2:
+        raise ValueError(f"identity_bootstrap needs at least 2 identities, found {n_ids}")
+    a, b = np.triu_indices(len(labels), k=1)
+    scores = np.einsum("pd,pd->p", embeddings[a], embeddings[b])  # (P,) every pair once
+    order = np.argsort(scores, kind="stable")
+    scores, la, lb = scores[order], labels[a][order], labels[b][order]
+    is_genuine = la == lb
+    matched, valid = _own_centre_matches(embeddings, labels)  # fixed per image; their mean is resampled
+    hits = np.bincount(labels, weights=matched.astype(np.float64), minlength=n_ids)  # per identity
+    n_valid = np.bincount(labels, weights=valid.astype(np.float64), minlength=n_ids)
+    rng = np.random.default_rng(seed)
+    eers, matches = [], []
+    for _ in range(n_boot):
+        w = np.bincount(rng.integers(0, n_ids, n_ids), minlength=n_ids).astype(np.float64)  # draws per identity
+        pair_w = np.where(is_genuine, w[la], w[la] * w[lb])
+        if pair_w[is_genuine].sum() == 0 or pair_w[~is_genuine].sum() == 0:
+            continue
+        eers.append(crossing_eer(scores, is_genuine, pair_w))
+        if (w * n_valid).sum() > 0:
+            matches.append(float((w * hits).sum() / (w * n_valid).sum()))
+    tail = 100 * (1 - level) / 2
+    return {"eer_ci": [float(np.percentile(eers, tail)), float(np.percentile(eers, 100 - tail))],
+            "identity_match_ci": [float(np.percentile(matches, tail)), float(np.percentile(matches, 100 - tail))]}
+
+
 def identity_quality(
     embeddings: np.ndarray, labels: np.ndarray, n_identities: int, train: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -144,6 +208,8 @@ def identity_quality(
                              "impostor_mean", "impostor_std")}
     out.update(identity_match=match, n_identity_match=n_match, n_identities_scored=int(labels.max()) + 1,
                diversity=mean_pairwise_distance(embeddings, labels))
+    if out["n_identities_scored"] >= 2:
+        out.update(identity_bootstrap(embeddings, labels))
     if train is not None:
         train, _ = check_embeddings(train, None, "training embeddings")
         nov = novelty(embeddings, labels, train)

@@ -15,9 +15,11 @@ from utils.atomic import write_atomic
 SUMMARY_KEYS = ("eer", "fmr100", "fdr", "identity_match", "detected_share", "genuine_mean", "impostor_mean",
                 "novelty_max_cos_mean", "leakage_share", "diversity", "s_per_image")
 
-#: markdown columns: (header, result key, format); "%" formats multiply by 100
+#: markdown columns: (header, result key, format); "%" formats multiply by 100, "ci" is a [low, high] pair in %
 COLUMNS = (
-    ("EER %", "eer", "%"), ("FMR100 %", "fmr100", "%"), ("FDR", "fdr", ".2f"), ("id match %", "identity_match", "%"),
+    ("ids", "n_identities_scored", "d"), ("EER %", "eer", "%"), ("EER 95% CI", "eer_ci", "ci"),
+    ("FMR100 %", "fmr100", "%"), ("FDR", "fdr", ".2f"), ("id match %", "identity_match", "%"),
+    ("id match 95% CI", "identity_match_ci", "ci"),
     ("detected %", "detected_share", "%"), ("genuine", "genuine_mean", ".3f"), ("impostor", "impostor_mean", ".3f"),
     ("context to train cos", "context_nearest_train_cos_mean", ".3f"), ("novelty max cos", "novelty_max_cos_mean", ".3f"), ("leakage %", "leakage_share", "%"),
     ("copies %", "copy_share", "%"), ("diversity", "diversity", ".3f"), ("pixel div.", "pixel_diversity", ".3f"),
@@ -30,9 +32,11 @@ def reference_setting(names: Sequence[str]) -> str | None:
     return next((n for n in names if "ddpm" in n and "1000" in n), None)
 
 
-def _fmt(value: float | None, fmt: str) -> str:
+def _fmt(value: float | list[float] | None, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if fmt == "ci":
+        return f"{100 * value[0]:.1f}-{100 * value[1]:.1f}"
     return f"{100 * value:.1f}" if fmt == "%" else format(value, fmt)
 
 

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from evaluation.metrics import genuine_scores, impostor_scores, verification_metrics
-from testbed.metrics import identity_match, identity_quality, mean_pairwise_distance, novelty, source_match
+from testbed.metrics import (
+    crossing_eer,
+    identity_bootstrap,
+    identity_match,
+    identity_quality,
+    mean_pairwise_distance,
+    novelty,
+    source_match,
+)
 
 
 def unit(*rows: list[float]) -> np.ndarray:
@@ -125,3 +133,38 @@ def test_identities_without_detected_images_drop_out() -> None:
     gap = identity_quality(e, np.array([0, 0, 2, 2]), 3)  # identity 1 lost all its images
     assert gap == identity_quality(e, np.array([0, 0, 1, 1]), 2)
     assert gap["n_identities_scored"] == 2 and gap["identity_match"] == 1.0 and gap["eer"] == 0.0
+
+
+def test_crossing_eer_closed_forms_and_integer_weights_are_repeated_pairs() -> None:
+    # separated: no error; genuine 0.2, 0.6 against impostors 0.4, 0.8: one of two wrong on each side -> 0.5
+    assert crossing_eer(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True])) == 0.0
+    assert crossing_eer(np.array([0.2, 0.4, 0.6, 0.8]), np.array([True, False, True, False])) == 0.5
+    rng = np.random.default_rng(3)
+    scores = np.sort(rng.normal(size=40))
+    genuine = rng.random(40) < 0.4
+    weights = rng.integers(0, 4, 40)
+    repeated = crossing_eer(np.repeat(scores, weights), np.repeat(genuine, weights))
+    assert crossing_eer(scores, genuine, weights.astype(float)) == pytest.approx(repeated, abs=1e-12)
+
+
+def test_identity_bootstrap_intervals() -> None:
+    # well separated identities: every resample has EER 0 and identity match 1
+    labels = np.repeat(np.arange(6), 4)
+    e = np.eye(8)[labels] + 0.01 * np.random.default_rng(0).normal(size=(24, 8))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert identity_bootstrap(e, labels, n_boot=50) == {"eer_ci": [0.0, 0.0], "identity_match_ci": [1.0, 1.0]}
+    # noisy identities: the interval holds the point estimates and narrows with more identities
+    widths = []
+    for m in (10, 60):
+        labels = np.repeat(np.arange(m), 5)
+        centres = np.random.default_rng(1).normal(size=(m, 16))
+        e = centres[labels] + 1.2 * np.random.default_rng(2).normal(size=(5 * m, 16))
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        q = identity_quality(e, labels, m)
+        low, high = q["eer_ci"]
+        assert low < high and low <= q["eer"] + 0.02 and q["eer"] - 0.02 <= high
+        assert q["identity_match_ci"][0] <= q["identity_match"] <= q["identity_match_ci"][1]
+        widths.append(high - low)
+    assert widths[1] < widths[0]
+    with pytest.raises(ValueError, match="at least 2 identities"):
+        identity_bootstrap(e[:5], np.zeros(5, dtype=int))

@@ -86,7 +86,8 @@ def test_settings_share_contexts_and_the_filter_keeps_the_first_that_pass(qualit
 def result(eer: float, match: float) -> dict:
     return {"eer": eer, "identity_match": match, "fmr100": 0.5, "fdr": 2.0, "detected_share": 1.0,
             "genuine_mean": 0.95, "impostor_mean": 0.9, "novelty_max_cos_mean": float("nan"), "leakage_share": 0.0,
-            "copy_share": 0.0, "diversity": 0.3, "pixel_diversity": 0.1, "s_per_image": 0.02}
+            "copy_share": 0.0, "diversity": 0.3, "pixel_diversity": 0.1, "s_per_image": 0.02,
+            "n_identities_scored": 100, "eer_ci": [eer - 0.02, eer + 0.03], "identity_match_ci": [match - 0.05, match + 0.01]}
 
 
 def test_table_quotes_the_change_against_ddpm_1000_and_the_json_holds_the_summary_keys() -> None:
@@ -94,7 +95,7 @@ def test_table_quotes_the_change_against_ddpm_1000_and_the_json_holds_the_summar
     table = markdown_table(results, "ddim50_gauss", "t")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert "EER vs ddpm1000_gauss (pts)" in rows[0]
-    assert rows[2].startswith("| **ddim50_gauss** (default) | 12.5 |")
+    assert rows[2].startswith("| **ddim50_gauss** (default) | 100 | 12.5 | 10.5-15.5 | 50.0 | 2.00 | 85.0 | 80.0-86.0 |")
     assert rows[2].endswith("| +2.5 | -5.0 |") and rows[1].endswith("| +0.0 | +0.0 |")
     summary = summary_json(results, "ddim50_gauss")
     assert summary["default"] == "ddim50_gauss" and set(summary["settings"]["ddpm1000_gauss"]) == set(SUMMARY_KEYS)
