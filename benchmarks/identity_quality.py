@@ -51,6 +51,12 @@ def build_run(cfg: DictConfig, quick: bool) -> tuple[QualityRun, DictConfig]:
     train = None
     if q.train_embeddings is not None:
         train, _ = check_embeddings(load_embeddings(q.train_embeddings).embeddings, None, str(q.train_embeddings))
+    train_contexts = None
+    if q.train_contexts is not None:
+        train_contexts = load_embeddings(q.train_contexts).embeddings
+        if train_contexts.shape[1] != model.context_dim:
+            raise ValueError(f"quality.train_contexts={q.train_contexts} holds {train_contexts.shape[1]}-d contexts but "
+                             f"the model takes {model.context_dim}-d ones")
     backend = build_backend(cfg.fr_backend, device=device)
     if train is not None and train.shape[1] != backend.embedding_dim:
         raise ValueError(f"quality.train_embeddings={q.train_embeddings} holds {train.shape[1]}-d embeddings but "
@@ -60,6 +66,7 @@ def build_run(cfg: DictConfig, quick: bool) -> tuple[QualityRun, DictConfig]:
         aligner=FaceAligner(device=device, min_face_size=int(q.min_face_size), pad=float(q.detect_pad)),
         backend=backend,
         train_embeddings=train,
+        train_contexts=train_contexts,
         holdout_images=Path(q.holdout_images) if q.holdout_images is not None else None,
         n_identities=int(sizes.n_identities),
         images_per_identity=int(sizes.images_per_identity),
@@ -69,7 +76,8 @@ def build_run(cfg: DictConfig, quick: bool) -> tuple[QualityRun, DictConfig]:
         fingerprint={"checkpoint": str(model.checkpoint), "checkpoint_bytes": model.checkpoint.stat().st_size,
                      "m": int(sizes.n_identities), "k": int(sizes.images_per_identity), "seed": int(q.seed),
                      "fr_backend": OmegaConf.to_container(cfg.fr_backend, resolve=True), "upscale_to": int(q.upscale_to),
-                     "detect_pad": float(q.detect_pad), "train_embeddings": str(q.train_embeddings)},
+                     "detect_pad": float(q.detect_pad), "train_embeddings": str(q.train_embeddings),
+                     "train_contexts": str(q.train_contexts)},
     )
     return run, sizes
 

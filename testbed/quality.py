@@ -43,6 +43,7 @@ class QualityRun:
         model: the trained diffusion model.
         aligner, backend: MTCNN + warp and the FR model that score the samples.
         train_embeddings: (R, D) unit embeddings of the model's training faces in the backend's space, or None.
+        train_contexts: (R, D') the contexts the model was trained on (distance of novel contexts to them), or None.
         holdout_images: folder of the held-out faces (``<stem>.png``) for the pixel source match, or None.
         n_identities, images_per_identity: M and K.
         seed: seed of the contexts and of the images.
@@ -55,6 +56,7 @@ class QualityRun:
     aligner: FaceAligner
     backend: FaceEmbedder
     train_embeddings: np.ndarray | None
+    train_contexts: np.ndarray | None
     holdout_images: Path | None
     n_identities: int
     images_per_identity: int
@@ -130,8 +132,8 @@ def run_setting(run: QualityRun, setting: Setting) -> tuple[dict, np.ndarray]:
     result["pixel_diversity"] = mean_pairwise_distance(pixels, labels, rms=True)
     if setting.contexts.source == "holdout" and len(detected):
         result.update(_source_match(run, contexts.names, faces.embeddings, detected, pixels, labels))
-    if run.train_embeddings is not None and run.train_embeddings.shape[1] == contexts.dim:
-        nearest, _ = nearest_similarity(contexts.embeddings, run.train_embeddings.astype(np.float32))
+    if run.train_contexts is not None:
+        nearest, _ = nearest_similarity(contexts.embeddings, run.train_contexts.astype(np.float32))
         result["context_nearest_train_cos_mean"] = float(nearest.mean())  # how far the contexts are from training faces
     result["contexts"] = contexts.names[: min(m, 8)]
     result["fingerprint"] = _fingerprint(run, setting)

@@ -90,6 +90,8 @@ def quality_config(testbed_dir: Path, out: Path, m: int = 3, k: int = 2):
         "device=cpu", f"build.output_dir={testbed_dir}", f"quality.checkpoint={testbed_dir / 'run'}",
         f"quality.output_dir={out}", f"quality.n_identities={m}", f"quality.images_per_identity={k}",
         f"quality.quick.n_identities={m}", f"quality.quick.images_per_identity={k}",
+        f"quality.train_contexts={testbed_dir / 'train_dlib.npz'}",
+        f"quality.contexts.holdout_embeddings={testbed_dir / 'holdout_dlib.npz'}",
     ])
 
 
@@ -98,6 +100,7 @@ def make_quality_run(cfg, testbed_dir: Path) -> QualityRun:
 
     q = cfg.quality
     return QualityRun(load_trained_model(q.checkpoint, "ema", "cpu"), FaceAligner(device="cpu", pad=0.2), DlibBackend(device="cpu"),
+                      load_embeddings(testbed_dir / "train_dlib.npz").embeddings,
                       load_embeddings(testbed_dir / "train_dlib.npz").embeddings, testbed_dir / "holdout",
                       int(q.n_identities), int(q.images_per_identity), 0, 128, Path(q.output_dir), {"test": 1})
 
@@ -147,7 +150,8 @@ def test_benchmark_prints_the_summary_json_last(testbed_dir: Path, tmp_path: Pat
     monkeypatch.setattr(generation, "sample_images", faces_of_contexts(testbed_dir, []))
     overrides = ["device=cpu", f"build.output_dir={testbed_dir}", f"quality.checkpoint={testbed_dir / 'run'}",
                  f"quality.output_dir={tmp_path}", "quality.n_identities=3", "quality.images_per_identity=2",
-                 "quality.default=ddim50_holdout"]
+                 "quality.default=ddim50_holdout", f"quality.train_contexts={testbed_dir / 'train_dlib.npz'}",
+                 f"quality.contexts.holdout_embeddings={testbed_dir / 'holdout_dlib.npz'}"]
     summary = bench.main(["--settings", "ddim50_holdout", "--threads", "1", *overrides])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == summary and last["default"] == "ddim50_holdout"

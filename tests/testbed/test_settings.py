@@ -17,7 +17,7 @@ from utils.config import compose
 @pytest.fixture
 def quality(tmp_path: Path):
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(300, 8)) + 1.5  # an un-centred cluster (mean cosine ~0.7)
+    train = rng.normal(size=(300, 8)) + 0.3  # a cluster off the origin (mean cosine ~0.1), as centred contexts
     train /= np.linalg.norm(train, axis=1, keepdims=True)
     fit = save_embeddings(tmp_path / "train.npz", [str(i) for i in range(300)], train.astype(np.float32))
     holdout = save_embeddings(tmp_path / "holdout.npz", ["1000003", "1000007", "1000009"], train[:3].astype(np.float32))
@@ -33,9 +33,9 @@ def test_every_configured_setting_resolves_over_sample_py_defaults(quality) -> N
     ddpm = by_name["ddpm1000_gauss"].sampling
     assert ddpm.sampler == "ddpm" and ddpm.steps is None and ddpm.guidance_scale == sample_defaults.guidance_scale
     assert ddpm.clip_x0 == 1.0 and ddpm.batch_size == quality.sampling.batch_size  # quality.sampling over sample.py's
-    assert by_name["ddim50_gauss_w2"].sampling.guidance_scale == 2.0
-    assert by_name["ddim50_uniform"].contexts.source == "synthetic_uniform"
-    assert by_name["ddim50_gauss_sep0.9"].contexts.separability_threshold == 0.9
+    assert by_name["dpmpp15_gauss_w2"].sampling.guidance_scale == 2.0
+    assert by_name["dpmpp15_uniform"].contexts.source == "synthetic_uniform"
+    assert by_name["dpmpp15_gauss_sep0.3"].contexts.separability_threshold == 0.3
     assert set(quality.quick.settings) <= set(by_name)
 
 
@@ -60,20 +60,20 @@ def test_a_new_setting_is_one_entry_and_typos_are_rejected(quality) -> None:
 def test_settings_share_contexts_and_the_filter_keeps_the_first_that_pass(quality) -> None:
     s = {x.name: x for x in resolve_settings(quality)}
     a = setting_contexts(s["ddim50_gauss"], 10, 8, seed=0)
-    b = setting_contexts(s["ddim50_gauss_w2"], 10, 8, seed=0)
+    b = setting_contexts(s["dpmpp15_gauss_w2"], 10, 8, seed=0)
     assert a.names == b.names and np.array_equal(a.embeddings, b.embeddings)
     assert a.names[0] == "fitted_gaussian_0"
-    filtered = setting_contexts(s["ddim50_gauss_sep0.9"], 10, 8, seed=0)
+    filtered = setting_contexts(s["dpmpp15_gauss_sep0.3"], 10, 8, seed=0)
     sims = filtered.embeddings @ filtered.embeddings.T
-    assert (sims[~np.eye(10, dtype=bool)] < 0.9).all()
+    assert (sims[~np.eye(10, dtype=bool)] < 0.3).all()
     candidates = setting_contexts(s["ddim50_gauss"], 200, 8, seed=0)
     index = [candidates.names.index(n) for n in filtered.names]
     assert index[0] == 0 and index == sorted(index)
     for i in range(index[-1]):  # every skipped candidate is too close to a kept one before it
         if i not in index:
             kept_before = [j for j in index if j < i]
-            assert max(candidates.embeddings[i] @ candidates.embeddings[j] for j in kept_before) >= 0.9
-    uniform = setting_contexts(s["ddim50_uniform"], 4, 8, seed=0)
+            assert max(candidates.embeddings[i] @ candidates.embeddings[j] for j in kept_before) >= 0.3
+    uniform = setting_contexts(s["dpmpp15_uniform"], 4, 8, seed=0)
     assert uniform.names[0] == "synthetic_uniform_0"
     holdout = setting_contexts(s["ddim50_holdout"], 3, 8, seed=0)
     assert holdout.names == ["holdout_1000003", "holdout_1000007", "holdout_1000009"]
