@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from utils.config import CONFIG_DIR, compose
 
@@ -174,3 +175,20 @@ def real_photos() -> dict[str, np.ndarray]:
     with get_sample_data("grace_hopper.jpg") as file:
         photos["grace_hopper"] = np.asarray(Image.open(file).convert("RGB"))
     return photos
+
+
+def write_random_run(run_dir: Path, cfg: dict) -> Path:
+    """A run folder as ``main.py`` leaves it: ``.hydra/config.yaml`` = ``cfg`` (``model``, ``diffusion``, ...) and
+    ``checkpoints/ema_averaged_model.ckpt`` of its model, seeded and moved off its zero-initialised layers."""
+    cfg = OmegaConf.create(cfg)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    torch.manual_seed(0)
+    ddpm = instantiate(cfg.diffusion)
+    with torch.no_grad():
+        for p in ddpm.eps_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    (run_dir / "checkpoints").mkdir()
+    torch.save(ddpm.state_dict(), run_dir / "checkpoints" / "ema_averaged_model.ckpt")
+    return run_dir
+

@@ -14,8 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from alignment.aligner import (
     ARCFACE_TEMPLATE,
@@ -30,6 +28,7 @@ from dataset_building.split import split_from_config, split_identities
 from diffusion.fingerprint import FINGERPRINT
 from diffusion.generation import sample_from_config
 from models.autoencoder.vqgan import VQDecoderInterface
+from tests.conftest import write_random_run
 from utils.config import compose
 from utils.image_io import read_block, write_block
 
@@ -55,17 +54,7 @@ def make_run(run_dir: Path, latent: bool) -> Path:
     }
     if latent:
         cfg["autoencoder"] = {"embed_dim": 3, "n_embed": 64, "ddconfig": TINY_VQ}
-    cfg = OmegaConf.create(cfg)
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    torch.manual_seed(0)
-    ddpm = instantiate(cfg.diffusion)
-    with torch.no_grad():
-        for p in ddpm.eps_model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    (run_dir / "checkpoints").mkdir()
-    torch.save(ddpm.state_dict(), run_dir / "checkpoints" / "ema_averaged_model.ckpt")
-    return run_dir
+    return write_random_run(run_dir, cfg)
 
 
 @pytest.mark.parametrize("latent", [False, True], ids=["pixel", "latent"])

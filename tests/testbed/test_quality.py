@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import diffusion.generation as generation
@@ -22,6 +21,7 @@ from testbed.faces import embed_faces, resize_images
 from testbed.quality import QualityRun, run_setting, sample_setting
 from testbed.report import SUMMARY_KEYS
 from testbed.settings import resolve_settings
+from tests.conftest import write_random_run
 from utils.config import compose
 from utils.image_io import save_png_atomic
 
@@ -35,19 +35,10 @@ def make_run(run_dir: Path) -> Path:
              "channel_multipliers": [1, 1], "is_attention": [False, True], "attention_heads": -1,
              "attention_head_channels": 32, "n_blocks_per_resolution": 1, "condition_type": "CA",
              "is_context_conditional": True, "context_input_channels": 128, "context_channels": 32, "norm_groups": 8}
-    cfg = OmegaConf.create({"latent_diffusion": False, "constants": {"image_size": 32, "input_channels": 3, "context_dim": 128},
-                            "model": model, "diffusion": {"_target_": "diffusion.ddpm.DenoisingDiffusionProbabilisticModel",
-                                                          "eps_model": "${model}", "T": 8}})
-    (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    torch.manual_seed(0)
-    ddpm = instantiate(cfg.diffusion)
-    with torch.no_grad():
-        for p in ddpm.eps_model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    (run_dir / "checkpoints").mkdir()
-    torch.save(ddpm.state_dict(), run_dir / "checkpoints" / "ema_averaged_model.ckpt")
-    return run_dir
+    return write_random_run(run_dir, {
+        "latent_diffusion": False, "constants": {"image_size": 32, "input_channels": 3, "context_dim": 128},
+        "model": model, "diffusion": {"_target_": "diffusion.ddpm.DenoisingDiffusionProbabilisticModel",
+                                      "eps_model": "${model}", "T": 8}})
 
 
 @pytest.fixture(scope="module")
