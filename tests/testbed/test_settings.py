@@ -17,7 +17,7 @@ from utils.config import compose
 @pytest.fixture
 def quality(tmp_path: Path):
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(300, 8)) + 0.3  # a cluster off the origin (mean cosine ~0.1), as centred contexts
+    train = rng.normal(size=(300, 8)) + 1.5  # an un-centred cluster (mean cosine ~0.7), as dlib embeddings
     train /= np.linalg.norm(train, axis=1, keepdims=True)
     fit = save_embeddings(tmp_path / "train.npz", [str(i) for i in range(300)], train.astype(np.float32))
     holdout = save_embeddings(tmp_path / "holdout.npz", ["1000003", "1000007", "1000009"], train[:3].astype(np.float32))
@@ -35,7 +35,7 @@ def test_every_configured_setting_resolves_over_sample_py_defaults(quality) -> N
     assert ddpm.clip_x0 == 1.0 and ddpm.batch_size == quality.sampling.batch_size  # quality.sampling over sample.py's
     assert by_name["dpmpp15_gauss_w2"].sampling.guidance_scale == 2.0
     assert by_name["dpmpp15_uniform"].contexts.source == "synthetic_uniform"
-    assert by_name["dpmpp15_gauss_sep0.3"].contexts.separability_threshold == 0.3
+    assert by_name["dpmpp15_gauss_w3_sep0.91"].contexts.separability_threshold == 0.91
     assert set(quality.quick.settings) <= set(by_name)
 
 
@@ -63,16 +63,19 @@ def test_settings_share_contexts_and_the_filter_keeps_the_first_that_pass(qualit
     b = setting_contexts(s["dpmpp15_gauss_w2"], 10, 8, seed=0)
     assert a.names == b.names and np.array_equal(a.embeddings, b.embeddings)
     assert a.names[0] == "fitted_gaussian_0"
-    filtered = setting_contexts(s["dpmpp15_gauss_sep0.3"], 10, 8, seed=0)
+    separated = s["dpmpp15_gauss_w3_sep0.91"]
+    separated.contexts.separability_threshold = threshold = 0.8  # tighter than configured, so that it bites here
+    filtered = setting_contexts(separated, 10, 8, seed=0)
     sims = filtered.embeddings @ filtered.embeddings.T
-    assert (sims[~np.eye(10, dtype=bool)] < 0.3).all()
+    assert (sims[~np.eye(10, dtype=bool)] < threshold).all()
     candidates = setting_contexts(s["ddim50_gauss"], 200, 8, seed=0)
     index = [candidates.names.index(n) for n in filtered.names]
     assert index[0] == 0 and index == sorted(index)
     for i in range(index[-1]):  # every skipped candidate is too close to a kept one before it
         if i not in index:
             kept_before = [j for j in index if j < i]
-            assert max(candidates.embeddings[i] @ candidates.embeddings[j] for j in kept_before) >= 0.3
+            assert max(candidates.embeddings[i] @ candidates.embeddings[j] for j in kept_before) >= threshold
+    assert index[-1] >= 10  # some candidates were skipped
     uniform = setting_contexts(s["dpmpp15_uniform"], 4, 8, seed=0)
     assert uniform.names[0] == "synthetic_uniform_0"
     holdout = setting_contexts(s["ddim50_holdout"], 3, 8, seed=0)
