@@ -35,7 +35,7 @@ from embedding.files import load_embeddings
 from evaluation.metrics import check_embeddings
 from testbed.quality import QualityRun, run_setting
 from testbed.report import markdown_table, reference_setting, settings_figure, summary_json
-from testbed.settings import resolve_settings
+from testbed.settings import check_testbed_settings, resolve_settings
 from utils.atomic import write_json_atomic, write_text_atomic
 from utils.config import compose, resolve_device
 
@@ -44,6 +44,7 @@ log = logging.getLogger("identity_quality")
 
 def build_run(cfg: DictConfig, quick: bool) -> tuple[QualityRun, DictConfig]:
     """Load model, aligner, FR backend and the training embeddings named by ``cfg.quality``."""
+    check_testbed_settings(cfg)
     q = cfg.quality
     sizes = q.quick if quick else q
     device = resolve_device(cfg.device)

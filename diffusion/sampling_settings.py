@@ -18,8 +18,9 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 class SamplerSettings:
     """How images are sampled: the ``sampling`` keys of ``configs/sample_config.yaml`` that shape an image.
 
-    The defaults are the config's (a test checks it) and reproduce the original: DDPM over all T
-    steps, no guidance, fp32. Every value is checked once here, naming its config key.
+    The defaults reproduce the original: DDPM over all T steps, no guidance, fp32, as
+    ``sample.py preset=original`` does (a test checks it); ``configs/sample_config.yaml`` holds the
+    measured defaults of ``sample.py``. Every value is checked once here, naming its config key.
 
     Attributes:
         sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``. steps: visited timesteps (ddim/dpmpp_2m; None = T).

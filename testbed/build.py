@@ -30,6 +30,7 @@ from embedding.backends import FaceEmbedder, backend_settings, build_backend
 from embedding.files import EmbeddingSet, load_embeddings, save_embeddings
 from models.dcgan import DCGANGenerator, generate_faces, load_dcgan_generator
 from testbed.faces import embed_faces, resize_images
+from testbed.settings import check_testbed_settings
 from utils.atomic import write_json_atomic
 from utils.config import resolve_device
 from utils.image_io import save_png_atomic
@@ -123,6 +124,7 @@ def build_split(
 
 def build_testbed(cfg: DictConfig) -> dict:
     """``build_testbed.py``: both splits of ``cfg.build`` and ``build_report.json``; returns the report."""
+    check_testbed_settings(cfg)
     b = cfg.build
     out_dir = Path(b.output_dir)
     if int(b.holdout_seed_start) < int(b.n_train):

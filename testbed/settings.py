@@ -3,7 +3,8 @@
 A setting (``quality.settings.<name>`` in ``configs/testbed_config.yaml``) holds
 
 * ``sampling``: overrides of ``sample.py``'s ``sampling`` keys (``configs/sample_config.yaml``), merged
-  over those defaults and ``quality.sampling``: ``{sampler: ddim, steps: 25}``, ``{guidance_scale: 2}``.
+  over the original's sampling (``preset=original``: DDPM-1000, no guidance, fp32) and ``quality.sampling``:
+  ``{sampler: ddim, steps: 25}``, ``{guidance_scale: 2}``.
   A new sampler or guidance option of ``sample.py`` is a new entry here, nothing else;
 * ``contexts``: overrides of ``quality.contexts``: ``source`` (``fitted_gaussian``,
   ``synthetic_uniform`` or ``holdout``) and ``separability_threshold``.
@@ -22,8 +23,34 @@ from omegaconf import DictConfig, OmegaConf
 from contexts.sources import authentic, fitted_gaussian, separability_filter, synthetic_uniform
 from embedding.files import EmbeddingSet
 from utils.config import compose
+from utils.settings import Number, check_settings
 
 SOURCES = ("fitted_gaussian", "synthetic_uniform", "holdout")
+
+#: What ``build_testbed.py`` and ``benchmarks/identity_quality.py`` check before any work.
+SETTINGS = (
+    Number("build.image_size", low=8, high=1024, integer=True),
+    Number("build.n_train", low=1, high=10**7, integer=True),
+    Number("build.n_holdout", low=1, high=10**7, integer=True),
+    Number("build.holdout_seed_start", low=0, integer=True),
+    Number("build.chunk", low=1, high=10**5, integer=True),
+    Number("build.upscale_to", low=16, high=4096, integer=True),
+    Number("build.detect_pad", low=0, high=1),
+    Number("build.min_face_size", low=1, high=4096, integer=True),
+    *(Number(f"quality.{key}", low=low, high=10**6, integer=True) for key, low in (
+        ("n_identities", 2), ("images_per_identity", 2), ("quick.n_identities", 2), ("quick.images_per_identity", 2),
+        ("seed", 0), ("upscale_to", 16), ("min_face_size", 1), ("figure_identities", 1))),
+    Number("quality.detect_pad", low=0, high=1),
+    Number("quality.contexts.spread", low=0),
+    Number("quality.contexts.pca_components", low=1, integer=True, optional=True),
+    Number("quality.contexts.separability_threshold", low=-1, high=1, optional=True),
+    Number("quality.contexts.oversample", low=1, high=10**4, integer=True),
+)
+
+
+def check_testbed_settings(cfg: DictConfig) -> None:
+    """Check :data:`SETTINGS` on a composed ``testbed_config``; one line naming the key on a bad value."""
+    check_settings(cfg, SETTINGS)
 
 
 @dataclass
@@ -45,7 +72,8 @@ def resolve_settings(quality: DictConfig, names: list[str] | None = None) -> lis
     unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(f"quality settings {unknown} are not defined; known: {sorted(available)}")
-    base_sampling = OmegaConf.create(OmegaConf.to_container(compose("sample_config").sampling, resolve=True))
+    original = compose("sample_config", ["preset=original"]).sampling  # settings say what differs from the original
+    base_sampling = OmegaConf.create(OmegaConf.to_container(original, resolve=True))
     OmegaConf.set_struct(base_sampling, True)  # a key sample.py does not know is a typo
     out = []
     for name in names:

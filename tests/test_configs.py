@@ -28,6 +28,7 @@ import embedding.encoding
 import evaluation.report
 import face_recognition_training.evaluate as fr_evaluate
 import face_recognition_training.train as fr_train
+import testbed.settings
 from alignment.aligner import FaceAligner
 from diffusion.ema import EMASchedule
 from embedding.backends import build_backend
@@ -65,6 +66,7 @@ CHECKS: dict[str, tuple] = {
     "fr_train_config": fr_train.SETTINGS,
     "sample_config": (),  # sampling.* are checked by diffusion.generation
     "split_config": dataset_building.split.SETTINGS,
+    "testbed_config": testbed.settings.SETTINGS,
     "train_config": diffusion.training.SETTINGS,
 }
 #: root -> the group variants that hold optional keys (elastic heads: std; step schedule: milestones)

@@ -122,7 +122,7 @@ def test_old_split_command_line_still_splits(tmp_path: Path) -> None:
     result = run("split_identity_blocks.py", str(tmp_path / "in dir"), str(tmp_path / "out"), "--identities", "2",
                  "--images-per-identity", "3", tmp=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "dataset_card.json", "dataset_card.md"]
     assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["0.png", "1.png", "2.png"]
     assert read_image(tmp_path / "out" / "b" / "2.png").shape == (8, 8, 3)
 

@@ -36,7 +36,7 @@ def setup(tmp_path: Path) -> dict[str, Path]:
 
 def sample(setup: dict[str, Path], *overrides: str):
     return sample_from_config(compose("sample_config", [
-        f"checkpoint.path={setup['run']}", f"sampling.contexts_file={setup['contexts']}",
+        "preset=original", f"checkpoint.path={setup['run']}", f"sampling.contexts_file={setup['contexts']}",
         f"sampling.out_dir={setup['out']}", "sampling.n_contexts=null", "sampling.n_samples_per_context=2",
         "sampling.sampler=ddim", "sampling.steps=3", "sampling.seed=7", "sampling.batch_size=4",
         "sampling.micro_batch=4", "device=cpu", *overrides]))

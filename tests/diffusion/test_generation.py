@@ -256,7 +256,8 @@ def test_sample_py_settings_reach_the_images(tmp_path: Path, run_dir: Path) -> N
     sample_from_config(compose("sample_config", sample_overrides(run_dir, contexts_file, tmp_path / "cfg", 2) + keys))
     model = load_trained_model(run_dir)
     settings = SamplerSettings(sampler="dpmpp_2m", steps=4, timestep_spacing="trailing", clip_x0=1.0,
-                               guidance_scale=1.5, negative=NegativeSettings("far"), micro_batch=4)
+                               guidance_scale=1.5, negative=NegativeSettings("far"), micro_batch=4,
+                               amp="bfloat16")  # sample.py's default autocast reaches the images too
     for mode in ("far", "close"):
         chosen = SamplerSettings(**{**settings.__dict__, "negative": NegativeSettings(mode)})
         generate_dataset(model, contexts.names, contexts.embeddings, tmp_path / mode, 2, chosen, batch_size=4,

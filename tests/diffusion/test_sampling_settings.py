@@ -15,9 +15,11 @@ from diffusion.sampling_settings import SamplerSettings
 from utils.config import compose
 
 
-def test_defaults_equal_the_sample_config():
+def test_defaults_equal_the_original_preset_and_the_config_holds_the_measured_ones():
+    assert SamplerSettings.from_config(compose("sample_config", ["preset=original"]).sampling) == SamplerSettings()
     cfg = compose("sample_config")
-    assert SamplerSettings.from_config(cfg.sampling) == SamplerSettings()
+    assert SamplerSettings.from_config(cfg.sampling) == SamplerSettings(
+        "dpmpp_2m", 15, "trailing", None, 0.0, None, 3.0, NegativeSettings("far", 0.5, None), 50, "bfloat16")
     assert SamplerSettings() == SamplerSettings(negative=NegativeSettings(None, 0.5, None))
     defaults = {k: p.default for k, p in inspect.signature(generate_dataset).parameters.items()}
     assert (defaults["seed"], defaults["batch_size"], defaults["output"]) == (

@@ -25,13 +25,14 @@ def quality(tmp_path: Path):
     return cfg.quality
 
 
-def test_every_configured_setting_resolves_over_sample_py_defaults(quality) -> None:
+def test_every_configured_setting_resolves_over_the_original_sampling(quality) -> None:
     settings = resolve_settings(quality)
     by_name = {s.name: s for s in settings}
     assert reference_setting(list(by_name)) == "ddpm1000_gauss" and quality.default in by_name
-    sample_defaults = compose("sample_config").sampling
+    original = compose("sample_config", ["preset=original"]).sampling  # settings say what differs from it
     ddpm = by_name["ddpm1000_gauss"].sampling
-    assert ddpm.sampler == "ddpm" and ddpm.steps is None and ddpm.guidance_scale == sample_defaults.guidance_scale
+    assert ddpm.sampler == "ddpm" and ddpm.steps is None and ddpm.guidance_scale == original.guidance_scale == 1.0
+    assert ddpm.negative.mode is None and ddpm.amp is None
     assert ddpm.clip_x0 == 1.0 and ddpm.batch_size == quality.sampling.batch_size  # quality.sampling over sample.py's
     assert by_name["dpmpp15_gauss_w2"].sampling.guidance_scale == 2.0
     assert by_name["dpmpp15_uniform"].contexts.source == "synthetic_uniform"
