@@ -4,9 +4,10 @@ Run from the project root: ``python benchmarks/sample.py`` (CPU) or ``python ben
 --amp bfloat16 --batch-size 256``. Two ways to make images of synthetic identities:
 
 * (a) the original: DDPM, 1,000 steps, one identity of 50 images per batch, global-RNG noise, fp32;
-* (b) ours, with the setting given on the command line (default: DPM-Solver++(2M), 25 trailing steps, guidance
-  scale 1, bf16 autocast for the UNet and the decoder): packed batches of ``--batch-size`` images of any identities,
-  one seeded generator per image, fixed micro-batches, as ``sample.py`` does. A guidance scale other than 1 runs
+* (b) ours, with the setting given on the command line (default: ``sample.py``'s defaults, DPM-Solver++(2M),
+  15 trailing steps, guidance 3 with Far-Neg negative contexts at 0.5, bf16 autocast for the UNet and the
+  decoder): packed batches of ``--batch-size`` images of any identities, one seeded generator per image,
+  fixed micro-batches, as ``sample.py`` does. A guidance scale other than 1 runs
   the empty-context branch in the same call (2 rows per image); negative guidance adds a third.
 
 A full run takes hours on a CPU, so each way times ``--timed-steps`` denoising steps after one warm-up step, and
@@ -81,19 +82,22 @@ def time_decode(decoder: VQDecoderInterface, n_images: int, device: torch.device
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Run the benchmark and return the results."""
+    defaults = compose("sample_config").sampling  # sample.py's defaults: the setting measured by default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--timed-steps", type=int, default=2, help="denoising steps timed per way (after a warm-up)")
     parser.add_argument("--decode-images", type=int, default=2, help="latents decoded to time the decoder")
     parser.add_argument("--batch-size", type=int, default=50, help="ours: images per packed batch (= micro-batch)")
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=("ddim", "dpmpp_2m", "ddpm"))
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--spacing", default="trailing", choices=("linspace", "leading", "trailing"))
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--negative-scale", type=float, default=0.0)
-    parser.add_argument("--amp", default="bfloat16", choices=sorted(AMP), help="ours: UNet autocast dtype")
-    parser.add_argument("--decode-amp", default="bfloat16", choices=sorted(AMP), help="ours: decoder autocast dtype")
+    parser.add_argument("--sampler", default=defaults.sampler, choices=("ddim", "dpmpp_2m", "ddpm"))
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--spacing", default=defaults.timestep_spacing, choices=("linspace", "leading", "trailing"))
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--negative-scale", type=float,
+                        default=defaults.negative.scale if defaults.negative.mode is not None else 0.0)
+    amp = str(defaults.amp).lower() if defaults.amp is not None else "none"
+    parser.add_argument("--amp", default=amp, choices=sorted(AMP), help="ours: UNet autocast dtype")
+    parser.add_argument("--decode-amp", default=amp, choices=sorted(AMP), help="ours: decoder autocast dtype")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
