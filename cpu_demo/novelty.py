@@ -42,8 +42,8 @@ def training_seeds(train: EmbeddingSet, rows: Sequence[int], source: str) -> lis
     names = [train.names[i] for i in rows]
     bad = [n for n in names if not n.isdigit()]
     if bad:
-        raise ValueError(f"{source}: training face names must be DCGAN seeds such as '0000042' (python build_testbed.py), "
-                         f"found {bad[:3]}")
+        raise ValueError(f"{source}: training face names must be DCGAN seeds such as '0000042' "
+                         f"(python build_testbed.py), found {bad[:3]}")
     return [int(n) for n in names]
 
 
@@ -65,8 +65,9 @@ def identity_novelty(generated: EmbeddingSet, train: EmbeddingSet, eer_threshold
     for name, label in zip(generated.names, labels):
         names[label] = name.split("/", 1)[0]
     scored = nov["n_images"] >= 2
-    rows = [{"identity": names[k], "nearest_train": train.names[int(nov["nearest"][k])], "cos": float(nov["max_cos"][k]),
-             "genuine_mean": float(nov["genuine_mean"][k]) if scored[k] else None, "n_images": int(nov["n_images"][k]),
+    rows = [{"identity": names[k], "nearest_train": train.names[int(nov["nearest"][k])],
+             "cos": float(nov["max_cos"][k]), "genuine_mean": float(nov["genuine_mean"][k]) if scored[k] else None,
+             "n_images": int(nov["n_images"][k]),
              "copy": bool(scored[k] and nov["max_cos"][k] > nov["genuine_mean"][k])} for k in range(len(names))]
     s, g = nov["max_cos"][scored], nov["genuine_mean"][scored]
     return {"identities": rows, "n_scored": int(scored.sum()), "novelty_max_cos_mean": float(s.mean()),
@@ -80,7 +81,8 @@ def stage_novelty(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     train = load_contexts(d.testbed.train_embeddings)
     train = EmbeddingSet(train.names, check_embeddings(train.embeddings, None, str(d.testbed.train_embeddings))[0])
     result = identity_novelty(generated, train, float(results["evaluate"]["eer_threshold"]))
-    shown = sorted((r for r in result["identities"] if r["genuine_mean"] is not None), key=lambda r: -r["cos"])[:FIGURE_ROWS]
+    scored = [r for r in result["identities"] if r["genuine_mean"] is not None]
+    shown = sorted(scored, key=lambda r: -r["cos"])[:FIGURE_ROWS]
     rows = [train.names.index(r["nearest_train"]) for r in shown]
     seeds = training_seeds(train, rows, str(d.testbed.train_embeddings))
     blocks = discover_identities(results["sample"]["samples_dir"])
@@ -90,7 +92,8 @@ def stage_novelty(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     for name, face in zip((r["nearest_train"] for r in shown), faces):
         save_png_atomic(face, run.path("novelty") / f"{name}.png")
     log.info("novelty: %d identities scored, mean nearest-training score %.3f, copies %.1f %%, leakage %.1f %%",
-             result["n_scored"], result["novelty_max_cos_mean"], 100 * result["copy_share"], 100 * result["leakage_share"])
+             result["n_scored"], result["novelty_max_cos_mean"], 100 * result["copy_share"],
+             100 * result["leakage_share"])
     return {**result, "figure": [r["identity"] for r in shown], "faces_dir": str(run.path("novelty"))}
 
 

@@ -48,8 +48,8 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     model = checkpoint_path(Path(t.checkpoint), t.which)
     for path, what in ((model, "demo.testbed.checkpoint"), (Path(t.train_embeddings), "demo.testbed.train_embeddings")):
         if not path.is_file():
-            raise FileNotFoundError(f"{what}: {path} does not exist; expected the shipped testbed (data/testbed/SOURCES.md: "
-                                    "python build_testbed.py, then python main.py experiment=testbed)")
+            raise FileNotFoundError(f"{what}: {path} does not exist; expected the shipped testbed (data/testbed/"
+                                    "SOURCES.md: python build_testbed.py, then python main.py experiment=testbed)")
     files = {"checkpoint_sha256": sha256_file(model), "train_embeddings_sha256": sha256_file(t.train_embeddings)}
     return {"device": str(cfg.device), **settings, "files": files}
 
@@ -84,7 +84,9 @@ def report(run: DemoRun, state: StageState) -> Path:
     out, d = run.out, run.cfg.demo
     samples = Path(state.result("sample")["samples_dir"])
     s = d.sampling
-    sampling = f"{s.sampler}, {s.steps or 'T'} steps" + (f", {s.timestep_spacing} spacing" if s.sampler != "ddpm" else "")
+    sampling = f"{s.sampler}, {s.steps or 'T'} steps"
+    if s.sampler != "ddpm":
+        sampling += f", {s.timestep_spacing} spacing"
     figures = {
         "identities": plot_identity_grid(samples, out / FIGURES["identities"],
                                          f"novel identities: each row one invented person ({sampling})"),

@@ -48,7 +48,8 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_identity_grid(samples_dir: Path, path: Path, title: str, rows: int = 8, per_row: int = 8, size: int = 64) -> Path:
+def plot_identity_grid(samples_dir: Path, path: Path, title: str, rows: int = 8, per_row: int = 8,
+                       size: int = 64) -> Path:
     """The first ``rows`` identities of the sample blocks, ``per_row`` images each: one row per invented person."""
     sources = discover_identities(samples_dir)
     names = list(sources)[:rows]
@@ -65,7 +66,7 @@ def plot_identity_grid(samples_dir: Path, path: Path, title: str, rows: int = 8,
 
 
 def plot_novelty(samples_dir: Path, novelty: Mapping[str, Any], path: Path, per_row: int = 4, size: int = 64) -> Path:
-    """Each identity of ``novelty["figure"]``: ``per_row`` of its images, a gap, its nearest training face, the scores."""
+    """Each identity of ``novelty["figure"]``: ``per_row`` of its images, a gap, its nearest training face, scores."""
     sources = discover_identities(samples_dir)
     by_name = {r["identity"]: r for r in novelty["identities"]}
     shown = novelty["figure"]
@@ -79,8 +80,9 @@ def plot_novelty(samples_dir: Path, novelty: Mapping[str, Any], path: Path, per_
     ax.tick_params(length=0)
     for i, n in enumerate(shown):
         r = by_name[n]
-        ax.text(1.02, 1 - (i + 0.5) / len(shown), f"{r['nearest_train']}: cos {r['cos']:.3f}\nown genuine {r['genuine_mean']:.3f}"
-                + ("  COPY" if r["copy"] else ""), transform=ax.transAxes, va="center", fontsize=7)
+        label = f"{r['nearest_train']}: cos {r['cos']:.3f}\nown genuine {r['genuine_mean']:.3f}"
+        label += "  COPY" if r["copy"] else ""
+        ax.text(1.02, 1 - (i + 0.5) / len(shown), label, transform=ax.transAxes, va="center", fontsize=7)
     ax.set_title("novelty check: the invented people nearest a training face (dlib cosine)", fontsize=8)
     fig.subplots_adjust(left=0.12, right=0.72, top=0.95, bottom=0.05)
     return _save(fig, path)
@@ -104,11 +106,21 @@ METRIC_NOTES = {
     "identities": "novel identities sampled (contexts that belong to nobody)",
     "images_per_identity": "images sampled per identity",
     "detected_share": "generated images in which MTCNN finds a face",
+    "generated_images": "images sampled",
+    "detected": "images with a detected face (aligned, embedded)",
     "identities_evaluated": "identities with two or more detected faces",
+    "error_rate_definition": "how EER and FNMR at FMR are read off the scores (pyeer: as IDiff-Face reported them)",
     "eer": "equal error rate of the dlib model on the novel identities (pyeer's definition)",
+    "eer_threshold": "cosine at the EER point",
     "fmr100": "FNMR at FMR 1 %",
+    "fmr1000": "FNMR at FMR 0.1 %",
+    "auc": "area under the ROC curve",
     "genuine_mean": "mean cosine, two images of one novel identity",
+    "genuine_std": "standard deviation of the genuine scores",
     "impostor_mean": "mean cosine, images of two novel identities",
+    "impostor_std": "standard deviation of the impostor scores",
+    "n_genuine": "genuine pairs (all pairs of images of one identity)",
+    "n_impostor": "impostor pairs (all pairs of images of two identities)",
     "identity_match": "images nearest their own identity's centre (leave-one-out)",
     "novelty_max_cos_mean": "mean over identities of the score of the nearest training face",
     "copy_share": "identities whose nearest training face scores above their own genuine mean",
@@ -128,7 +140,9 @@ def plot_overview(out_dir: Path, figures: Mapping[str, Path], metrics: Mapping[s
         ax.set_axis_off()
     ax = fig.add_subplot(grid[1, 1])
     ax.set_axis_off()
-    lines = [f"{k:>21}: {fmt(k, metrics[k])}" for k in METRIC_NOTES if k in metrics]
+    shown = ("identities", "images_per_identity", "detected_share", "eer", "fmr100", "genuine_mean", "impostor_mean",
+             "identity_match", "novelty_max_cos_mean", "copy_share", "leakage_share")
+    lines = [f"{k:>21}: {fmt(k, metrics[k])}" for k in shown if k in metrics]
     ax.text(0, 0.9, "\n".join(lines), va="top", family="monospace", fontsize=11)
     fig.tight_layout()
     return _save(fig, out_dir / "overview.png")
@@ -142,8 +156,10 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
 
 
 def _novelty_rows(novelty: Mapping[str, Any]) -> list[str]:
+    """Markdown rows of the figure's identities (the nearest a training face); every identity is in report.json."""
     rows = ["| person | nearest training face | its cosine | own genuine mean | copy? |", "|---|---|---|---|---|"]
-    for r in sorted(novelty["identities"], key=lambda r: -r["cos"]):
+    by_name = {r["identity"]: r for r in novelty["identities"]}
+    for r in (by_name[name] for name in novelty["figure"]):
         rows.append(f"| {r['identity']} | {r['nearest_train']} | {r['cos']:.3f} | {fmt('g', r['genuine_mean'])} | "
                     f"{'yes' if r['copy'] else 'no'} |")
     return rows
@@ -189,9 +205,11 @@ def write_report(
         "## 2. One person per context, each unlike the others",
         "",
         (f"MTCNN finds a face in {fmt('detected_share', m['detected_share'])} of the images. Two images of one new "
-         f"person score a mean dlib cosine of {m['genuine_mean']:.3f}, images of two new people {m['impostor_mean']:.3f}; "
+         f"person score a mean dlib cosine of {m['genuine_mean']:.3f}, images of two new people "
+         f"{m['impostor_mean']:.3f}; "
          f"EER {fmt('eer', m['eer'])}, FNMR at FMR 1 % {fmt('fmr100', m['fmr100'])}, and "
-         f"{fmt('identity_match', m['identity_match'])} of the images are nearest their own person's centre."),
+         f"{fmt('identity_match', m['identity_match'])} of the images are nearest their own person's centre "
+         f"(chance: {fmt('identity_match', 1 / m['identities_evaluated'])})."),
         "",
         f"![histograms]({rel(figures['histograms'])})",
         "",
@@ -202,7 +220,7 @@ def write_report(
          f"{m['identities_evaluated']} people have a training face that scores above their own mean genuine score "
          f"(a copy), {fmt('leakage_share', m['leakage_share'])} one above the EER threshold; the mean nearest score is "
          f"{m['novelty_max_cos_mean']:.3f} (own genuine mean {m['genuine_mean']:.3f}). The figure shows the "
-         f"{len(novelty['figure'])} people nearest a training face."),
+         f"{len(novelty['figure'])} people nearest a training face (every person: `report.json`, key `novelty`)."),
         "",
         f"![novelty check]({rel(figures['novelty'])})",
         "",
@@ -210,7 +228,9 @@ def write_report(
         "",
         "## 4. Sampling settings",
         "",
-        "The same few contexts and per-image seeds under each setting (DDPM-1000, the original, is too slow for the demo).",
+        (f"{table['identities']} novel identities x {table['images_per_identity']} images, the same contexts and "
+         "per-image seeds under each setting, scored by dlib; the demo's own setting in bold. DDPM over all 1,000 steps "
+         "(the original) is too slow for the demo: `python benchmarks/identity_quality.py` measures it."),
         "",
         Path(table["table"]).read_text().strip(),
         "",

@@ -50,7 +50,8 @@ def stage_settings(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     quality = table_quality_config(run)
     settings = resolve_settings(quality)
     model = load_trained_model(d.testbed.checkpoint, d.testbed.which, device)
-    train, _ = check_embeddings(load_embeddings(d.testbed.train_embeddings).embeddings, None, str(d.testbed.train_embeddings))
+    train_file = str(d.testbed.train_embeddings)
+    train, _ = check_embeddings(load_embeddings(train_file).embeddings, None, train_file)
     m, k = int(p.table_identities), int(p.table_images)
     out = run.path("settings")
     quality_run = QualityRun(
@@ -68,7 +69,7 @@ def stage_settings(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
         rows[setting.name], images[setting.name] = run_setting(quality_run, setting)
     demo_sampling = run.script_config("sample_config", {"sampling": d.sampling}).sampling
     own = next((s.name for s in settings if all(s.sampling[key] == demo_sampling[key] for key in SETTING_KEYS)), "")
-    title = f"Sampling settings on {m} novel identities x {k} images (dlib)"
-    table = write_text_atomic(out / "table.md", markdown_table(rows, own, title))
+    table = write_text_atomic(out / "table.md", markdown_table(rows, own))
     figure = settings_figure(images, k, out / "settings_identities.png", m, min(k, 2))
-    return {"settings": rows, "demo_setting": own, "table": str(table), "figure": str(figure)}
+    return {"settings": rows, "demo_setting": own, "identities": m, "images_per_identity": k, "table": str(table),
+            "figure": str(figure)}

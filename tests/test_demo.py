@@ -110,7 +110,8 @@ def test_numbers_agree_with_the_files_the_demo_wrote(fast_demo: dict[str, Any]) 
     generated = load_embeddings(out / OUTPUTS["generated_embeddings"])
     train = load_embeddings(cfg.demo.testbed.train_embeddings)
     labels = np.asarray(generated.labels)
-    assert len(generated) == metrics["detected"] and metrics["detected_share"] == metrics["detected"] / metrics["generated_images"]
+    assert len(generated) == metrics["detected"]
+    assert metrics["detected_share"] == metrics["detected"] / metrics["generated_images"]
     assert metrics["identity_match"] == pytest.approx(_leave_one_out_match(generated.embeddings, labels), abs=1e-9)
     e = generated.embeddings.astype(np.float64)
     same = labels[:, None] == labels[None, :]
@@ -127,15 +128,18 @@ def test_numbers_agree_with_the_files_the_demo_wrote(fast_demo: dict[str, Any]) 
         identity = generated.names[int(np.flatnonzero(mine)[0])].split("/")[0]
         scores = (e[mine] @ t.T).mean(axis=0)
         row = rows[identity]
-        assert row["nearest_train"] == train.names[int(scores.argmax())] and row["cos"] == pytest.approx(scores.max(), abs=1e-5)
+        assert row["nearest_train"] == train.names[int(scores.argmax())]
+        assert row["cos"] == pytest.approx(scores.max(), abs=1e-5)
         if mine.sum() >= 2:
             own = (e[mine] @ e[mine].T)[np.triu_indices(int(mine.sum()), k=1)].mean()
             assert row["genuine_mean"] == pytest.approx(own, abs=1e-5) and row["copy"] == bool(scores.max() > own)
             copies.append(row["copy"])
     assert metrics["copy_share"] == pytest.approx(np.mean(copies), abs=1e-12)
     # the novelty figure's training faces are the DCGAN faces of their seeds, downsampled as the testbed was built
-    shown = [rows[name]["nearest_train"] for name in json.loads((out / STATE_FILE).read_text())["stages"]["novelty"]["result"]["figure"]]
-    faces = resize_images(to_uint8(generate_faces(load_dcgan_generator(cfg.demo.testbed.dcgan_weights), [int(s) for s in shown])), 32)
+    figure = json.loads((out / STATE_FILE).read_text())["stages"]["novelty"]["result"]["figure"]
+    shown = [rows[name]["nearest_train"] for name in figure]
+    generator = load_dcgan_generator(cfg.demo.testbed.dcgan_weights)
+    faces = resize_images(to_uint8(generate_faces(generator, [int(s) for s in shown])), 32)
     for name, face in zip(shown, faces):
         np.testing.assert_array_equal(read_image(out / OUTPUTS["novelty"] / f"{name}.png"), face)
 
@@ -158,7 +162,8 @@ def test_changed_settings_start_the_demo_over(tmp_path: Path) -> None:
     run_demo(_config(tmp_path, "demo.until=contexts", "demo.seed=1"))
     assert not (tmp_path / OUTPUTS["samples"]).exists()
     again = load_embeddings(tmp_path / OUTPUTS["contexts"] / "novel_identities.npz")
-    assert again.embeddings.shape == contexts.embeddings.shape and not np.allclose(again.embeddings, contexts.embeddings)
+    assert again.embeddings.shape == contexts.embeddings.shape
+    assert not np.allclose(again.embeddings, contexts.embeddings)
     assert list(json.loads((tmp_path / STATE_FILE).read_text())["stages"]) == ["contexts"]
 
 
