@@ -1,4 +1,4 @@
-"""Run the whole IDiff-Face flow on the demo photos on a CPU: ``python demo.py`` (``demo.fast=true``: smaller).
+"""Invent people who exist nowhere on a CPU and measure them: ``python demo.py`` (``demo.fast=true``: smaller).
 
 Writes ``outputs/demo/report.md`` and ``overview.png``; an interrupted run resumes where it stopped.
 Configuration: ``configs/demo_config.yaml``.

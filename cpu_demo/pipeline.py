@@ -9,47 +9,49 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cpu_demo.report import (
-    FIGURES,
-    person_photos,
-    plot_identity_grid,
-    plot_loss,
-    read_losses,
-    write_report,
-)
-from cpu_demo.stages import OUTPUTS, STAGES, DemoRun
+from cpu_demo.report import FIGURES, plot_identity_grid, plot_novelty, write_report
+from cpu_demo.run import DemoRun
+from cpu_demo.stages import OUTPUTS, STAGES
 from cpu_demo.state import STATE_FILE, StageState, fingerprint
+from dataset_building.card import sha256_file
+from diffusion.generation import checkpoint_path
 from utils.settings import Choice, Number, check_settings
 
 log = logging.getLogger(__name__)
 
 REPORT_FILES = ("report.md", "report.json", "overview.png", "figures")
 
-#: What ``demo.py`` checks before any work.
+#: What ``demo.py`` checks before any work (sampling.* are checked by sample.py's own rules).
 SETTINGS = (
     Choice("demo.fast", (True, False)),
     Number("demo.seed", low=0, integer=True),
-    Number("demo.augmentation.copies_per_photo", low=1, high=10_000, integer=True),
-    Number("demo.augmentation.detect_pad", low=0, high=1),
-    Number("demo.augmentation.framing.size", low=16, high=4096, integer=True),
-    Number("demo.sampling.eta", low=0, high=1),
-    Number("demo.sampling.clip_x0", low=0, low_open=True, optional=True),
-    Number("demo.alignment.upscale_to", low=16, high=4096, integer=True),
+    Number("demo.contexts.spread", low=0),
+    Number("demo.contexts.separability_threshold", low=-1, high=1, optional=True),
+    Number("demo.alignment.pad", low=0, high=1),
     Number("demo.alignment.min_face_size", low=1, high=4096, integer=True),
+    Choice("demo.alignment.just_resize_if_fail", (True, False)),
+    Number("demo.upscale_to", low=16, high=4096, integer=True),
     Number("demo.fr_threshold", low=-1, high=1),
-    *(Number(f"demo.profiles.{profile}.{key}", low=low, high=10**6, integer=True)
+    *(Number(f"demo.profiles.{profile}.{key}", low=1 if key == "sample_batch" else 2, high=10**6, integer=True)
       for profile in ("full", "fast")
-      for key, low in (("train_steps", 1), ("train_checkpoint_every", 1), ("train_log_every", 1),
-                       ("samples_per_identity", 2), ("ddim_steps", 1), ("sample_batch", 1))),
+      for key in ("identities", "images_per_identity", "table_identities", "table_images", "sample_batch")),
 )
 
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
-    """What the outputs depend on: the demo settings (without where to stop) and the device."""
+    """What the outputs depend on: the demo settings (without where to stop), the device, and the bytes of the
+    shipped model and training embeddings (a new checkpoint makes the earlier outputs stale)."""
     settings = OmegaConf.to_container(cfg.demo, resolve=True)
     settings.pop("until", None)
     settings.pop("output_dir", None)
-    return {"device": str(cfg.device), **settings}
+    t = cfg.demo.testbed
+    model = checkpoint_path(Path(t.checkpoint), t.which)
+    for path, what in ((model, "demo.testbed.checkpoint"), (Path(t.train_embeddings), "demo.testbed.train_embeddings")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {path} does not exist; expected the shipped testbed (data/testbed/"
+                                    "SOURCES.md: python build_testbed.py, then python main.py experiment=testbed)")
+    files = {"checkpoint_sha256": sha256_file(model), "train_embeddings_sha256": sha256_file(t.train_embeddings)}
+    return {"device": str(cfg.device), **settings, "files": files}
 
 
 def _start_over(out: Path) -> None:
@@ -62,37 +64,40 @@ def _start_over(out: Path) -> None:
             path.unlink()
 
 
-def _metrics(state: StageState) -> dict[str, Any]:
-    """The report's numbers, taken from the stage results (all seeded: equal on every run)."""
-    train, align, evaluation = state.result("train"), state.result("align"), state.result("evaluate")
-    _, losses = read_losses(train["run_dir"])
+def _metrics(run: DemoRun, state: StageState) -> dict[str, Any]:
+    """The report's numbers, taken from the stage results (all seeded: equal on every run on one machine)."""
+    align, evaluation, novelty = state.result("align"), state.result("evaluate"), state.result("novelty")
     return {
-        "train_start_step": train["start_step"],
-        "train_end_step": train["end_step"],
-        "train_final_loss": losses[-1] if losses else float("nan"),
+        "identities": int(run.profile.identities),
+        "images_per_identity": int(run.profile.images_per_identity),
         "generated_images": align["tiles"],
         "detected": align["detected"],
         "detected_share": align["detected_share"],
         "identities_evaluated": state.result("split")["identities"],
         **{k: v for k, v in evaluation.items() if k != "plots"},
+        **{k: novelty[k] for k in ("novelty_max_cos_mean", "copy_share", "leakage_share")},
     }
 
 
 def report(run: DemoRun, state: StageState) -> Path:
     """Draw the figures and write ``report.md``, ``report.json`` and ``overview.png``."""
     out, d = run.out, run.cfg.demo
-    photos = person_photos(Path(d.faces_dir))
+    samples = Path(state.result("sample")["samples_dir"])
+    s = d.sampling
+    sampling = f"{s.sampler}, {s.steps or 'T'} steps"
+    if s.sampler != "ddpm":
+        sampling += f", {s.timestep_spacing} spacing"
     figures = {
-        "loss": plot_loss(d.checkpoint, state.result("train")["run_dir"], out / FIGURES["loss"]),
-        "samples": plot_identity_grid(Path(state.result("sample")["samples_dir"]), photos, out / FIGURES["samples"],
-                                      f"generated identities ({run.profile.samples_per_identity} DDIM samples each, {run.profile.ddim_steps} steps)"),
-        "aligned": plot_identity_grid(run.path("aligned"), photos, out / FIGURES["aligned"],
-                                      "MTCNN-aligned 112x112 ArcFace crops of the generated images"),
+        "identities": plot_identity_grid(samples, out / FIGURES["identities"],
+                                         f"novel identities: each row one invented person ({sampling})"),
+        "novelty": plot_novelty(samples, state.result("novelty"), out / FIGURES["novelty"]),
     }
     hist, det = (Path(p) for p in state.result("evaluate")["plots"])
     figures.update({"histograms": hist, "det": det})
-    seconds = state.seconds()
-    return write_report(out, _settings(run.cfg), _metrics(state), seconds, figures)
+    sections = {"settings": _settings(run.cfg), "novelty": state.result("novelty"),
+                "settings_table": state.result("settings"), "sampling": sampling,
+                "contexts": f"{d.contexts.source} of {Path(d.testbed.train_embeddings).name}"}
+    return write_report(out, sections, _metrics(run, state), state.seconds(), figures)
 
 
 def run_demo(cfg: DictConfig) -> Path:
