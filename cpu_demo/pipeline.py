@@ -74,6 +74,7 @@ def _metrics(run: DemoRun, state: StageState) -> dict[str, Any]:
         "detected": align["detected"],
         "detected_share": align["detected_share"],
         "identities_evaluated": state.result("split")["identities"],
+        "images_evaluated": state.result("split")["images"],  # detected faces of identities with two or more
         **{k: v for k, v in evaluation.items() if k != "plots"},
         **{k: novelty[k] for k in ("novelty_max_cos_mean", "copy_share", "leakage_share")},
     }
@@ -83,10 +84,14 @@ def report(run: DemoRun, state: StageState) -> Path:
     """Draw the figures and write ``report.md``, ``report.json`` and ``overview.png``."""
     out, d = run.out, run.cfg.demo
     samples = Path(state.result("sample")["samples_dir"])
-    s = d.sampling
+    s = run.script_config("sample_config", {"sampling": d.sampling}).sampling  # sample.py's defaults + the demo's
     sampling = f"{s.sampler}, {s.steps or 'T'} steps"
     if s.sampler != "ddpm":
         sampling += f", {s.timestep_spacing} spacing"
+    if s.guidance_scale != 1.0:
+        sampling += f", guidance {s.guidance_scale:g}"
+    if s.negative.mode is not None:
+        sampling += f", negative contexts {s.negative.mode} ({s.negative.scale:g})"
     figures = {
         "identities": plot_identity_grid(samples, out / FIGURES["identities"],
                                          f"novel identities: each row one invented person ({sampling})"),

@@ -26,12 +26,12 @@ from utils.atomic import write_text_atomic
 from utils.config import resolve_device
 
 #: the keys that name a sampling setting (a row that matches ``demo.sampling`` on them is the demo's own)
-SETTING_KEYS = ("sampler", "steps", "timestep_spacing", "eta", "guidance_scale")
+SETTING_KEYS = ("sampler", "steps", "timestep_spacing", "eta", "guidance_scale", "amp")
 
 
 def table_quality_config(run: DemoRun) -> DictConfig:
     """The ``quality`` node :func:`testbed.settings.resolve_settings` reads: ``demo.settings_table`` over the
-    testbed's defaults, with the demo's ``clip_x0``, batch sizes and contexts (fitted to the training embeddings)."""
+    testbed's defaults, with the demo's ``clip_x0``, batch sizes and contexts."""
     d = run.cfg.demo
     base = run.script_config("testbed_config", {}).quality
     shared = {"clip_x0": d.sampling.clip_x0,
@@ -58,7 +58,7 @@ def stage_settings(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
         model=model,
         aligner=FaceAligner(device=device, min_face_size=int(d.alignment.min_face_size), pad=float(d.alignment.pad)),
         backend=build_backend({"name": "dlib", "input": "arcface_crop"}, device=device),
-        train_embeddings=train, holdout_images=None, n_identities=m, images_per_identity=k, seed=run.seed,
+        train_embeddings=train, train_contexts=train, holdout_images=None, n_identities=m, images_per_identity=k, seed=run.seed,
         upscale_to=int(d.upscale_to), output_dir=out,
         fingerprint={"checkpoint": str(model.checkpoint), "checkpoint_bytes": model.checkpoint.stat().st_size, "m": m,
                      "k": k, "seed": run.seed, "fr_backend": "dlib arcface_crop", "upscale_to": int(d.upscale_to),
@@ -68,7 +68,8 @@ def stage_settings(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
     for setting in settings:
         rows[setting.name], images[setting.name] = run_setting(quality_run, setting)
     demo_sampling = run.script_config("sample_config", {"sampling": d.sampling}).sampling
-    own = next((s.name for s in settings if all(s.sampling[key] == demo_sampling[key] for key in SETTING_KEYS)), "")
+    own = next((s.name for s in settings if all(s.sampling[key] == demo_sampling[key] for key in SETTING_KEYS)
+                and s.sampling.negative == demo_sampling.negative), "")
     table = write_text_atomic(out / "table.md", markdown_table(rows, own))
     figure = settings_figure(images, k, out / "settings_identities.png", m, min(k, 2))
     return {"settings": rows, "demo_setting": own, "identities": m, "images_per_identity": k, "table": str(table),

@@ -38,8 +38,8 @@ __all__ = ["OUTPUTS", "STAGES", "DemoRun"]
 
 
 def stage_contexts(run: DemoRun, results: Mapping[str, dict]) -> dict[str, Any]:
-    """Contexts that belong to nobody: ``identities`` draws of ``demo.contexts.source`` (a Gaussian fitted to the
-    testbed's training embeddings by default)."""
+    """Contexts that belong to nobody: ``identities`` draws of ``demo.contexts.source`` (uniform on the sphere by
+    default, as the paper)."""
     d = run.cfg.demo
     cfg = run.script_config("contexts_config", {"device": run.device, "contexts": {
         **OmegaConf.to_container(d.contexts, resolve=True), "embeddings_file": d.testbed.train_embeddings,
