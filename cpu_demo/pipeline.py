@@ -94,14 +94,15 @@ def report(run: DemoRun, state: StageState) -> Path:
         sampling += f", negative contexts {s.negative.mode} ({s.negative.scale:g})"
     figures = {
         "identities": plot_identity_grid(samples, out / FIGURES["identities"],
-                                         f"novel identities: each row one invented person ({sampling})"),
+                                         f"novel identities, one invented person per row\n{sampling}"),
         "novelty": plot_novelty(samples, state.result("novelty"), out / FIGURES["novelty"]),
     }
     hist, det = (Path(p) for p in state.result("evaluate")["plots"])
     figures.update({"histograms": hist, "det": det})
     sections = {"settings": _settings(run.cfg), "novelty": state.result("novelty"),
                 "settings_table": state.result("settings"), "sampling": sampling,
-                "contexts": f"{d.contexts.source} of {Path(d.testbed.train_embeddings).name}"}
+                "contexts": d.contexts.source if d.contexts.source != "fitted_gaussian"
+                else f"fitted_gaussian of {Path(d.testbed.train_embeddings).name}"}
     return write_report(out, sections, _metrics(run, state), state.seconds(), figures)
 
 
