@@ -23,6 +23,14 @@ BEFORE = json.loads((Path(__file__).parent / "fixtures" / "composed_configs_befo
 #: "<composition> <dotted key>" -> (value now, why it changed)
 CHANGED: dict[str, tuple[Any, str]] = {
     "align_config config.align.pad": (0.0, "issue 16: MTCNN sees the tile as it is, as the standard pipeline does"),
+    **{f"sample_config config.sampling.{key}": (value, "issue 14: sample.py's defaults chosen on the testbed; "
+                                                       "preset=original restores the original's sampling")
+       for key, value in (("sampler", "dpmpp_2m"), ("steps", 15), ("guidance_scale", 3.0), ("amp", "bfloat16"))},
+}
+#: "<composition>" -> (key prefix, why): a section rewritten as a whole, whose old keys are not compared
+REWRITTEN: dict[str, tuple[str, str]] = {
+    "demo_config": ("config.demo.", "issue 17: the demo invents people from the testbed checkpoint instead of "
+                                    "re-drawing the three people of its photos; no training, new settings"),
 }
 
 
@@ -59,7 +67,10 @@ def test_every_recorded_value_still_composes(composition: str) -> None:
     before["hydra"]["job.chdir"] = bool(before["hydra"]["job.chdir"])
     now = dict(leaves(composed_now(composition)))
     differ = []
+    skipped = REWRITTEN.get(composition, ("<none>", ""))[0]
     for key, value in leaves(before):
+        if key.startswith(skipped):
+            continue
         expected = CHANGED.get(f"{composition} {key}", (value, ""))[0]
         if key not in now or now[key] != expected:
             differ.append(f"{key}: before {value!r}, now {now.get(key, '<missing>')!r}")
