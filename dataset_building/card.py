@@ -161,6 +161,14 @@ class CardFacts:
                 facts["alignment"] = {"report": str(report), "totals": data.get("totals"),
                                       "just_resize_if_fail": data.get("just_resize_if_fail"),
                                       "settings": data.get("settings")}
+                if data.get("streamed"):  # sample.py aligned in-process: its config copy lies beside this folder
+                    if samples_cfg.is_file():
+                        facts["chain"].append({"folder": str(folder), "via": samples_cfg.name, "step": "sample.py"})
+                        facts.update(self.samples(samples_cfg))
+                        return facts
+                    self.missing("provenance", f"{report} was written by sample.py, but its config copy "
+                                               f"{samples_cfg.name} is not beside {folder}")
+                    break
                 if not data.get("input_dir"):
                     self.missing("provenance", f"{report} does not record its input folder (written by an align.py "
                                                "older than input_dir); the samples and the generator are unknown")

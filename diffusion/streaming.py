@@ -37,6 +37,8 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from alignment.aligner import TEMPLATES, FaceAligner
+from dataset_building.card import write_dataset_card
+from dataset_building.export import card_contents
 from dataset_building.merge import finalize, missing_shards
 from dataset_building.shards import FORMATS, IMAGE_FORMATS, ShardPlan, ShardSetWriter, shard_name
 from utils.atomic import remove_temporaries, write_json_atomic
@@ -262,8 +264,11 @@ class ShardStream:
                          len(missing), self.plan.num_files, shard_name(missing[0]))
                 return None
             write_json_atomic(report_path, self._report(), indent=1)
-        return finalize(self.out_dir, self.plan, self.shards.format, self.shards.image_format, self.align.size,
-                        self.shards.shuffle_seed, self.shards.header, self.shards.keep_shards)
+        summary = finalize(self.out_dir, self.plan, self.shards.format, self.shards.image_format, self.align.size,
+                           self.shards.shuffle_seed, self.shards.header, self.shards.keep_shards)
+        write_dataset_card(self.out_dir, self.out_dir, {"tool": "sample.py", "settings": {
+            "align": asdict(self.align), "shards": self.shards.fingerprint()}}, card_contents(self.out_dir))
+        return summary
 
     def _report(self) -> dict:
         """The counts of every shard file, in label order, in ``align.py``'s report layout."""
@@ -279,7 +284,8 @@ class ShardStream:
         totals = {k: sum(c[k] for c in identities.values()) for k in ("detected", "resized", "dropped")}
         # align.py's layout; sampling reads no image files, so none is unreadable
         return {"identities": identities, "totals": {**totals, "identities": len(identities), "unreadable": 0},
-                "unreadable": {}, "just_resize_if_fail": self.align.just_resize_if_fail}
+                "unreadable": {}, "just_resize_if_fail": self.align.just_resize_if_fail,
+                "settings": asdict(self.align), "streamed": True}  # aligned in sample.py: the samples are this folder's
 
     def close(self) -> None:
         """Drop a partly written shard file (finished ones stay)."""

@@ -53,7 +53,9 @@ def contexts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` but the dataset card, which names its own folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith("dataset_card.")}
 
 
 def sample(run_dir: Path, contexts_file: Path, out: Path, *overrides: str):
@@ -102,7 +104,16 @@ def test_rec_equals_blocks_then_align_py_then_export(tmp_path: Path, run_dir: Pa
     assert sorted(label for label, _ in read_rec(streamed)) == [label for label in range(5) for _ in range(N_IMAGES)]
     assert read_property(streamed / "property") == (5, 112, 112)
     assert sorted(p.name for p in streamed.iterdir()) == sorted([
-        FINGERPRINT, ALIGNMENT_REPORT, "export_plan.json", "export_summary.json", "property", "train.idx", "train.rec"])
+        FINGERPRINT, ALIGNMENT_REPORT, "export_plan.json", "export_summary.json", "property", "train.idx", "train.rec",
+        "dataset_card.json", "dataset_card.md"])
+    # the streamed set's card follows sample.py's config copy beside it to the run, as export_dataset.py's does
+    card = json.loads((streamed / "dataset_card.json").read_text())
+    checkpoint = run_dir / "checkpoints" / "ema_averaged_model.ckpt"
+    assert card["made_by"]["tool"] == "sample.py" and card["made_by"]["settings"]["align"]["size"] == 112
+    assert card["generator"]["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert card["contexts"]["file"]["sha256"] == hashlib.sha256(contexts_file.read_bytes()).hexdigest()
+    assert card["alignment"]["totals"] == report["totals"] and card["dataset"]["images"] == 15
+    assert card["sampling"]["sampler"] == "ddim" and "provenance" not in card["notes"]
 
 
 class FakeAligner:
@@ -136,8 +147,8 @@ def test_detected_and_dropped_faces_equal_align_py_then_export(tmp_path: Path, r
 
     assert summary.export == exported and exported["num_images"] == totals["detected"]
     ours, theirs = tree(tmp_path / "streamed"), tree(tmp_path / "exported")
-    assert {"dataset_card.json", "dataset_card.md"} <= set(theirs)  # export_dataset.py's card (not yet streamed)
-    theirs = {name: data for name, data in theirs.items() if not name.startswith("dataset_card.")}
+    for folder in ("streamed", "exported"):  # both write a dataset card
+        assert (tmp_path / folder / "dataset_card.json").is_file() and (tmp_path / folder / "dataset_card.md").is_file()
     assert {name: ours[name] for name in theirs} == theirs  # every file of the export, byte for byte
     pieces = [f"{'shards/' if fmt == 'rec' else ''}shard-00000{s}.alignment.json" for s in range(3)]
     assert sorted(set(ours) - set(theirs)) == sorted([ALIGNMENT_REPORT, *pieces])
